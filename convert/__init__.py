@@ -1,0 +1,34 @@
+"""Checkpoint converters: pure numpy key and shape maps into the stacked stitchjax ViT tree.
+
+One small module per source layout:
+- `hf`: transformers directories (DINOv2, DINOv2 with registers, DINOv3, CLIP, SigLIP, SigLIP2);
+- `torch_hub`: the original DINOv2 / DINOv3 torch-hub `.pth` files;
+- `big_vision`: big_vision SigLIP2 `.npz` files.
+
+`python -m convert SRC OUT [--image-size N]` writes an orbax checkpoint plus a JSON
+config that `stitchjax.load_backbone` reads. Nothing is ever fetched from a hub.
+"""
+import pathlib
+
+from convert.common import CheckpointError
+
+
+def load_checkpoint(source) -> tuple[dict, str, dict, dict | None]:
+  """Any supported layout -> (ViTConfig fields at native resolution, position resampling method,
+  float32 numpy params, HF preprocessor config or None)."""
+  path = pathlib.Path(source)
+  if not path.exists():
+    raise CheckpointError(f'{path}: no such file or directory')
+  if path.is_dir():
+    if (path / 'config.json').exists():
+      from convert import hf
+      return hf.load(path)
+    raise CheckpointError(f'{path}: a directory without config.json (transformers) or stitchjax.json (stitchjax export)')
+  if path.suffix in ('.pth', '.pt'):
+    from convert import torch_hub
+    return torch_hub.load(path)
+  if path.suffix == '.npz':
+    from convert import big_vision
+    return big_vision.load(path)
+  raise CheckpointError(f'{path}: unknown checkpoint format; expected a transformers directory, '
+                        'a stitchjax export, a torch-hub .pth or a big_vision .npz')

@@ -1,0 +1,28 @@
+"""python -m convert SRC OUT [--image-size N] [--force]: any supported checkpoint -> stitchjax export (orbax + JSON)."""
+import argparse
+import sys
+
+from convert.common import CheckpointError
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m convert', description=__doc__)
+  parser.add_argument('src', help='transformers directory, torch-hub .pth, big_vision .npz or stitchjax export')
+  parser.add_argument('out', help='output directory (must not exist unless --force)')
+  parser.add_argument('--image-size', type=int, default=None, help='resample position embeddings to this size')
+  parser.add_argument('--force', action='store_true', help='replace an existing output directory')
+  args = parser.parse_args(argv)
+  from stitchjax import backbone
+  try:
+    bb = backbone.load_backbone(args.src, image_size=args.image_size)
+    backbone.save_backbone(bb, args.out, overwrite=args.force)
+  except (CheckpointError, ValueError, FileExistsError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  c = bb.config
+  print(f'wrote {args.out}: {c.family} depth={c.depth} dim={c.dim} patch={c.patch_size} image_size={c.image_size}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

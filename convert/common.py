@@ -1,0 +1,122 @@
+"""What every checkpoint layout shares: a key-tracking reader and assembly into the stacked ViT tree.
+
+A converter reads one flat `name -> array` map, moves arrays to stitchjax names
+with `Reader.put`, and hands the reader to `assemble`. Assembly checks every
+expected parameter against the shapes `stitchjax.vit.init_params` would create,
+stacks the per-layer arrays on a leading axis, and refuses leftovers: a
+checkpoint is either loaded whole or not at all.
+"""
+import functools
+import re
+
+import jax
+import numpy as np
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be loaded exactly; the message names the file and the key."""
+
+
+class Reader:
+  """A flat map of arrays read from `path` that remembers which keys were used."""
+
+  def __init__(self, path, arrays: dict):
+    self.path = str(path)
+    self.arrays = arrays
+    self.used = set()
+    self.out = {}  # stitchjax key ('blocks/3/attn/q/kernel') -> array
+    self.origin = {}  # stitchjax key -> checkpoint key, for error messages
+
+  def error(self, message: str) -> CheckpointError:
+    return CheckpointError(f'{self.path}: {message}')
+
+  def has(self, key: str) -> bool:
+    return key in self.arrays
+
+  def get(self, key: str) -> np.ndarray:
+    if key not in self.arrays:
+      raise self.error(f'missing key {key!r}')
+    self.used.add(key)
+    try:
+      return np.asarray(self.arrays[key], dtype=np.float32)
+    except Exception as e:  # a truncated lazily-read tensor fails here
+      raise self.error(f'cannot read key {key!r}: {e}') from e
+
+  def put(self, ours: str, key: str, fn=None):
+    value = self.get(key)
+    try:
+      self.out[ours] = value if fn is None else fn(value)
+    except ValueError as e:  # a reshape or split that does not fit
+      raise self.error(f'key {key!r} has shape {value.shape}, which does not fit {ours}: {e}') from e
+    self.origin[ours] = key
+
+  def set(self, ours: str, value: np.ndarray, key: str):
+    """Stores a value derived from one or more checkpoint keys (`key` names them for errors)."""
+    self.out[ours] = value
+    self.origin[ours] = key
+
+  def check_all_used(self, ignore=()):
+    """Raises on keys nothing consumed, except those matching an `ignore` regex."""
+    left = sorted(k for k in self.arrays if k not in self.used and not any(re.search(p, k) for p in ignore))
+    if left:
+      shown = ', '.join(repr(k) for k in left[:8]) + (f' and {len(left) - 8} more' if len(left) > 8 else '')
+      raise self.error(f'unexpected keys {shown}; refusing to load part of the checkpoint')
+
+
+def linear(w):
+  """torch Linear weight (out, in) -> flax Dense kernel (in, out)."""
+  return w.T
+
+
+def conv(w):
+  """torch Conv2d weight (D, C, p, p) -> flax Conv kernel (p, p, C, D)."""
+  return w.transpose(2, 3, 1, 0)
+
+
+def flat_paths(tree) -> dict:
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def expected_shapes(cfg) -> dict:
+  """stitchjax key -> shape, with 'blocks/...' entries per layer (no stacking axis)."""
+  from stitchjax import vit  # stitchjax imports convert, so this edge stays lazy
+  shapes = jax.eval_shape(functools.partial(vit.init_params, cfg), jax.random.key(0))
+  out = {}
+  for key, leaf in flat_paths(shapes).items():
+    if key.startswith('blocks/'):
+      for i in range(cfg.depth):
+        out[f'blocks/{i}/{key[7:]}'] = leaf.shape[1:]
+    else:
+      out[key] = leaf.shape
+  return out
+
+
+def assemble(cfg, reader: Reader) -> dict:
+  """Checks the reader's output against cfg and returns the nested, stacked float32 params."""
+  want = expected_shapes(cfg)
+  for key, shape in want.items():
+    if key not in reader.out:
+      raise reader.error(f'no checkpoint key provides {key} (shape {shape}) for this {cfg.family} config')
+    got = reader.out[key].shape
+    if tuple(got) != tuple(shape):
+      raise reader.error(f'key {reader.origin[key]!r} gives {key} shape {tuple(got)}, expected {tuple(shape)}')
+  extra = sorted(set(reader.out) - set(want))
+  if extra:
+    raise reader.error(f'keys {[reader.origin[k] for k in extra]} have no place in this {cfg.family} config')
+  tree = {}
+  for key in want:
+    if key.startswith('blocks/'):
+      i, rest = key[7:].split('/', 1)
+      if i != '0':
+        continue
+      value = np.stack([reader.out[f'blocks/{j}/{rest}'] for j in range(cfg.depth)])
+      key = f'blocks/{rest}'
+    else:
+      value = reader.out[key]
+    node = tree
+    *parents, leaf = key.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = np.ascontiguousarray(value, dtype=np.float32)
+  return tree

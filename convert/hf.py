@@ -1,0 +1,266 @@
+"""transformers checkpoint directories -> stitchjax ViT.
+
+Reads `config.json` and `model.safetensors` (sharded or not) or `pytorch_model.bin`
+of: Dinov2Model, Dinov2WithRegistersModel, DINOv3ViTModel, CLIPVisionModel,
+CLIPModel (vision tower), SiglipVisionModel, SiglipModel (vision tower; SigLIP2
+fixed-resolution checkpoints use this layout), Siglip2VisionModel and Siglip2Model
+(NaFlex, run on a fixed square grid). Both the hub's on-disk key names and
+transformers 5's in-memory names are accepted.
+"""
+import json
+import pathlib
+
+import numpy as np
+
+from convert import common
+from convert.common import CheckpointError, conv, linear
+
+ACTS = {'gelu': 'gelu', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_new': 'gelu_tanh', 'gelu_fast': 'gelu_tanh',
+        'quick_gelu': 'quick_gelu', 'silu': 'silu', 'swish': 'silu', 'relu': 'relu'}
+FAMILIES = {
+    'Dinov2Model': 'dinov2', 'Dinov2WithRegistersModel': 'dinov2', 'DINOv3ViTModel': 'dinov3',
+    'CLIPVisionModel': 'clip', 'CLIPModel': 'clip', 'SiglipVisionModel': 'siglip', 'SiglipModel': 'siglip',
+    'Siglip2VisionModel': 'siglip2', 'Siglip2Model': 'siglip2',
+}
+# Parts of a full vision-language checkpoint that a vision backbone does not use.
+FULL_MODELS = ('CLIPModel', 'SiglipModel', 'Siglip2Model')
+TEXT_TOWER = (r'^text_model\.', r'^text_projection\.', r'^visual_projection\.', r'^logit_scale$', r'^logit_bias$')
+UNUSED = (r'mask_token$', r'position_ids$')  # masked-image pretraining and index buffers
+
+
+def read_arrays(directory: pathlib.Path) -> dict:
+  """A lazy name -> array map over every weight file in a transformers directory."""
+  files = sorted(directory.glob('*.safetensors')) or sorted(directory.glob('pytorch_model*.bin'))
+  if not files:
+    raise CheckpointError(f'{directory}: no *.safetensors or pytorch_model*.bin weight file')
+  arrays = {}
+  for f in files:
+    if f.suffix == '.safetensors':
+      import safetensors.numpy
+      try:
+        arrays.update(safetensors.numpy.load_file(str(f)))
+      except Exception as e:
+        raise CheckpointError(f'{f}: not a readable safetensors file ({e})') from e
+    else:
+      from convert.torch_hub import load_state_dict
+      arrays.update(load_state_dict(f))
+  return arrays
+
+
+def read_config(directory: pathlib.Path) -> dict:
+  path = directory / 'config.json'
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f'{path}: cannot read the model config ({e})') from e
+
+
+def architecture(config: dict, path) -> str:
+  archs = config.get('architectures') or []
+  known = [a for a in archs if a in FAMILIES]
+  if not known:
+    raise CheckpointError(f'{path}: unsupported architecture {archs or config.get("model_type")!r}; '
+                          f'stitchjax reads {sorted(FAMILIES)}')
+  return known[0]
+
+
+def _field(config: dict, key: str, path):
+  if key not in config:
+    raise CheckpointError(f'{path}/config.json: missing field {key!r}')
+  return config[key]
+
+
+def vit_config(arch: str, config: dict, path) -> tuple[dict, str]:
+  """(ViTConfig fields at the checkpoint's native resolution, position resampling method)."""
+  if arch in FULL_MODELS:
+    config = config.get('vision_config') or {}
+  get = lambda key: _field(config, key, path)
+  family = FAMILIES[arch]
+  act = get('hidden_act')
+  if act not in ACTS:
+    raise CheckpointError(f'{path}/config.json: unsupported hidden_act {act!r}')
+  dim = get('hidden_size')
+  patch = get('patch_size')
+  if family == 'siglip2':
+    grid = int(round(get('num_patches')**0.5))
+    image_size = grid * patch
+  else:
+    image_size = get('image_size')
+  fields = dict(family=family, depth=get('num_hidden_layers'), dim=dim, heads=get('num_attention_heads'),
+                patch_size=patch, image_size=image_size, norm_eps=get('layer_norm_eps'), act=ACTS[act])
+  if family == 'dinov2':
+    ratio = get('mlp_ratio')
+    swiglu = config.get('use_swiglu_ffn', False)
+    hidden = int(dim * ratio)
+    fields.update(mlp_dim=(int(hidden * 2 / 3) + 7) // 8 * 8 if swiglu else hidden,
+                  mlp='gated' if swiglu else 'mlp', act='silu' if swiglu else ACTS[act],
+                  num_registers=config.get('num_register_tokens', 0), layer_scale=True,
+                  qkv_bias=(config.get('qkv_bias', True),) * 3)
+    return fields, 'bicubic_aa' if arch == 'Dinov2WithRegistersModel' else 'bicubic'
+  if family == 'dinov3':
+    fields.update(mlp_dim=get('intermediate_size'), mlp='gated' if config.get('use_gated_mlp') else 'mlp',
+                  num_registers=config.get('num_register_tokens', 0), layer_scale=True, pos_embed='rope',
+                  rope_theta=float(get('rope_theta')),
+                  qkv_bias=(get('query_bias'), get('key_bias'), get('value_bias')),
+                  proj_bias=get('proj_bias'), mlp_bias=get('mlp_bias'))
+    return fields, 'bicubic'
+  if family == 'clip':
+    fields.update(mlp_dim=get('intermediate_size'), pre_norm=True, patch_bias=False)
+    return fields, 'bicubic'
+  fields.update(mlp_dim=get('intermediate_size'), cls_token=False,
+                pool='map' if config.get('vision_use_head', True) else 'none')
+  return fields, 'bilinear_aa' if family == 'siglip2' else 'bicubic'
+
+
+def _strip_prefix(arrays: dict, arch: str) -> dict:
+  """Full vision-language models (and some saved towers) keep the vision weights under 'vision_model.'."""
+  prefix = 'vision_model.'
+  if arch in FULL_MODELS or any(k.startswith(prefix) for k in arrays):
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in arrays.items()}
+  return arrays
+
+
+def _first(r: common.Reader, *keys):
+  """The first of several names a tensor has had across transformers versions."""
+  return next((k for k in keys if r.has(k)), keys[0])
+
+
+def _split(r: common.Reader, key: str, targets: list[str]):
+  """One checkpoint tensor that stacks several of ours on its first axis (fused qkv, SwiGLU's w12)."""
+  value = r.get(key)
+  is_weight = value.ndim == 2
+  for target, chunk in zip(targets, np.split(value, len(targets), axis=0)):
+    r.set(target + ('/kernel' if is_weight else '/bias'), linear(chunk) if is_weight else chunk, key)
+
+
+def _dinov2(r: common.Reader, cfg):
+  e = 'embeddings.'
+  r.put('embed/cls', e + 'cls_token', lambda a: a.reshape(-1))
+  r.put('embed/pos', e + 'position_embeddings', lambda a: a[0])
+  if cfg.num_registers:
+    r.put('embed/registers', e + 'register_tokens', lambda a: a[0])
+  r.put('embed/patch/kernel', e + 'patch_embeddings.projection.weight', conv)
+  r.put('embed/patch/bias', e + 'patch_embeddings.projection.bias')
+  for i in range(cfg.depth):
+    s, o = f'encoder.layer.{i}.', f'blocks/{i}/'
+    for ours, names in {'q': ('attention.attention.query', 'attention.q_proj'),
+                        'k': ('attention.attention.key', 'attention.k_proj'),
+                        'v': ('attention.attention.value', 'attention.v_proj'),
+                        'o': ('attention.output.dense', 'attention.o_proj')}.items():
+      key = _first(r, *(s + name for name in names))
+      r.put(f'{o}attn/{ours}/kernel', key + '.weight', linear)
+      if r.has(key + '.bias'):
+        r.put(f'{o}attn/{ours}/bias', key + '.bias')
+    _norms_and_scales(r, s, o)
+    if cfg.mlp == 'gated':
+      if r.has(s + 'mlp.weights_in.weight'):  # the hub layout stores gate and up as one matrix
+        _split(r, s + 'mlp.weights_in.weight', [o + 'mlp/gate', o + 'mlp/up'])
+        _split(r, s + 'mlp.weights_in.bias', [o + 'mlp/gate', o + 'mlp/up'])
+      else:
+        _dense(r, s + 'mlp.gate_proj', o + 'mlp/gate')
+        _dense(r, s + 'mlp.up_proj', o + 'mlp/up')
+      _dense(r, _first(r, s + 'mlp.weights_out.weight', s + 'mlp.down_proj.weight')[:-7], o + 'mlp/fc2')
+    else:
+      _dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
+      _dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
+  _norm(r, 'layernorm', 'norm')
+
+
+def _dinov3(r: common.Reader, cfg):
+  e = 'embeddings.'
+  r.put('embed/cls', e + 'cls_token', lambda a: a.reshape(-1))
+  if cfg.num_registers:
+    r.put('embed/registers', e + 'register_tokens', lambda a: a[0])
+  r.put('embed/patch/kernel', e + 'patch_embeddings.weight', conv)
+  r.put('embed/patch/bias', e + 'patch_embeddings.bias')
+  layer = 'model.layer.' if r.has('model.layer.0.norm1.weight') else 'layer.'
+  for i in range(cfg.depth):
+    s, o = f'{layer}{i}.', f'blocks/{i}/'
+    for ours in 'qkvo':
+      _dense(r, f'{s}attention.{ours}_proj', f'{o}attn/{ours}')
+    _norms_and_scales(r, s, o)
+    names = {'gate': 'gate_proj', 'up': 'up_proj', 'fc2': 'down_proj'} if cfg.mlp == 'gated' else \
+        {'fc1': 'up_proj', 'fc2': 'down_proj'}
+    for ours, name in names.items():
+      _dense(r, f'{s}mlp.{name}', f'{o}mlp/{ours}')
+  _norm(r, 'norm', 'norm')
+
+
+def _clip_siglip(r: common.Reader, cfg, arch: str):
+  e = 'embeddings.'
+  if cfg.cls_token:
+    r.put('embed/cls', e + 'class_embedding')
+  r.put('embed/pos', e + 'position_embedding.weight')
+  if arch.startswith('Siglip2'):  # NaFlex embeds flattened (p, p, C) patches with a Linear
+    p = cfg.patch_size
+    r.put('embed/patch/kernel', e + 'patch_embedding.weight', lambda w: w.reshape(len(w), p, p, -1).transpose(1, 2, 3, 0))
+  else:
+    r.put('embed/patch/kernel', e + 'patch_embedding.weight', conv)
+  if cfg.patch_bias:
+    r.put('embed/patch/bias', e + 'patch_embedding.bias')
+  if cfg.pre_norm:
+    _norm(r, 'pre_layrnorm', 'embed/pre_norm')
+  for i in range(cfg.depth):
+    s, o = f'encoder.layers.{i}.', f'blocks/{i}/'
+    for ours, name in {'q': 'q_proj', 'k': 'k_proj', 'v': 'v_proj', 'o': 'out_proj'}.items():
+      _dense(r, f'{s}self_attn.{name}', f'{o}attn/{ours}')
+    _norm(r, s + 'layer_norm1', o + 'norm1')
+    _norm(r, s + 'layer_norm2', o + 'norm2')
+    _dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
+    _dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
+  _norm(r, 'post_layernorm', 'norm')
+  if cfg.pool == 'map':
+    map_head(r, 'head.', 'head/')
+
+
+def map_head(r: common.Reader, s: str, o: str):
+  """SigLIP's attention-pooling head in torch.nn.MultiheadAttention layout."""
+  r.put(o + 'probe', s + 'probe', lambda a: a.reshape(1, -1))
+  for part in ('in_proj_weight', 'in_proj_bias'):
+    _split(r, s + 'attention.' + part, [o + 'attn/q', o + 'attn/k', o + 'attn/v'])
+  _dense(r, s + 'attention.out_proj', o + 'attn/o')
+  _norm(r, s + 'layernorm', o + 'norm')
+  _dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
+  _dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
+
+
+def _dense(r: common.Reader, key: str, ours: str):
+  r.put(ours + '/kernel', key + '.weight', linear)
+  if r.has(key + '.bias'):
+    r.put(ours + '/bias', key + '.bias')
+
+
+def _norm(r: common.Reader, key: str, ours: str):
+  r.put(ours + '/scale', key + '.weight')
+  r.put(ours + '/bias', key + '.bias')
+
+
+def _norms_and_scales(r: common.Reader, s: str, o: str):
+  _norm(r, s + 'norm1', o + 'norm1')
+  _norm(r, s + 'norm2', o + 'norm2')
+  r.put(o + 'ls1', s + 'layer_scale1.lambda1')
+  r.put(o + 'ls2', s + 'layer_scale2.lambda1')
+
+
+def load(directory) -> tuple[dict, str, dict, dict | None]:
+  """-> (ViTConfig fields at native resolution, resampling method, params, preprocessor config or None)."""
+  directory = pathlib.Path(directory)
+  config = read_config(directory)
+  arch = architecture(config, directory)
+  fields, method = vit_config(arch, config, directory)
+  from stitchjax.vit import ViTConfig
+  try:
+    cfg = ViTConfig(**fields)
+  except ValueError as e:
+    raise CheckpointError(f'{directory}/config.json: {e}') from e
+  reader = common.Reader(directory, _strip_prefix(read_arrays(directory), arch))
+  if cfg.family == 'dinov2':
+    _dinov2(reader, cfg)
+  elif cfg.family == 'dinov3':
+    _dinov3(reader, cfg)
+  else:
+    _clip_siglip(reader, cfg, arch)
+  reader.check_all_used(UNUSED + (TEXT_TOWER if arch in FULL_MODELS else ()))
+  params = common.assemble(cfg, reader)
+  processor = directory / 'preprocessor_config.json'
+  return cfg.to_dict(), method, params, json.loads(processor.read_text()) if processor.exists() else None

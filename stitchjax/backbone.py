@@ -1,0 +1,160 @@
+"""Loading frozen backbones: `load_backbone(source)` -> config, params and pure functions.
+
+    bb = stitchjax.load_backbone('path/to/dinov2-large', image_size=336)
+    x = bb.preprocess(uint8_images)                    # (B,336,336,3) float32
+    tokens = bb.embed(bb.params, x)                    # == HF hidden_states[0]
+    tokens = bb.blocks(bb.params, tokens, 0, 14)       # == HF hidden_states[14]
+    pooled = bb.pool(bb.params, bb.final(bb.params, bb.blocks(bb.params, tokens, 14, 24)))
+
+`source` is a transformers directory, a torch-hub `.pth`, a big_vision `.npz`, or
+a directory written by `save_backbone` / `python -m convert`.
+"""
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from convert import common, load_checkpoint, resample
+from convert.common import CheckpointError
+from stitchjax import preprocess as preprocess_lib
+from stitchjax import vit
+
+EXPORT_CONFIG = 'stitchjax.json'
+EXPORT_PARAMS = 'params'
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Backbone:
+  """A frozen backbone. Its functions take `params` explicitly, so jitted callers never capture weights."""
+  config: vit.ViTConfig
+  params: dict
+  preprocessing: preprocess_lib.Preprocess
+  # Kept so that an export can be re-loaded at another image size exactly as its source would be.
+  position_resampling: str = 'bicubic'
+  processor_config: dict | None = None
+
+  def embed(self, params, images):
+    """images (B,S,S,3) float32, already normalised -> tokens (B,T,D)."""
+    return vit.embed(self.config, params, images)
+
+  def blocks(self, params, tokens, start: int, stop: int):
+    """tokens after block `start` -> tokens after block `stop` (HF hidden_states[start] -> [stop])."""
+    return vit.blocks(self.config, params, tokens, start, stop)
+
+  def final(self, params, tokens):
+    return vit.final(self.config, params, tokens)
+
+  def pool(self, params, final_tokens):
+    return vit.pool(self.config, params, final_tokens)
+
+  def preprocess(self, images) -> np.ndarray:
+    """uint8 images (B,H,W,3) or a list of (H,W,3) -> (B,S,S,3) float32, as the family's reference processor."""
+    return self.preprocessing(images)
+
+  def forward(self, params, images):
+    """The uninterrupted model: (final tokens (B,T,D), pooled (B,D) or None)."""
+    tokens = self.final(params, self.blocks(params, self.embed(params, images), 0, self.config.depth))
+    return tokens, (None if self.config.pool == 'none' else self.pool(params, tokens))
+
+
+def _dtype_name(dtype) -> str:
+  name = jnp.dtype(dtype).name
+  if name not in vit.DTYPES:
+    raise ValueError(f'dtype={name!r} is not supported; use one of {vit.DTYPES}')
+  return name
+
+
+def _with_image_size(fields: dict, params: dict, method: str, image_size: int | None, source) -> tuple[dict, dict]:
+  if image_size is None or image_size == fields['image_size']:
+    return fields, params
+  if image_size % fields['patch_size']:
+    raise ValueError(f'image_size={image_size} is not a multiple of the patch size {fields["patch_size"]} of {source}')
+  fields = fields | {'image_size': image_size}
+  if fields.get('pos_embed', 'learned') == 'learned':
+    embed = dict(params['embed'])
+    embed['pos'] = resample.resample_pos(embed['pos'], int(fields.get('cls_token', True)),
+                                         image_size // fields['patch_size'], method)
+    params = params | {'embed': embed}
+  return fields, params
+
+
+def _family_for_preprocessing(family: str) -> str:
+  return 'siglip' if family.startswith('siglip') else family
+
+
+def load_backbone(source, image_size: int | None = None, dtype=jnp.float32) -> Backbone:
+  """Loads a checkpoint exactly (or raises CheckpointError naming the file and key).
+
+  image_size: run at this resolution; learned position embeddings are resampled as
+    the checkpoint's reference implementation does. Default: the checkpoint's own.
+  dtype: compute dtype, float32 or bfloat16. Parameters stay float32.
+  """
+  path = pathlib.Path(source)
+  if path.is_dir() and (path / EXPORT_CONFIG).exists():
+    fields, method, params, processor = _read_export(path)
+  else:
+    fields, method, params, processor = load_checkpoint(path)
+  fields, params = _with_image_size(fields, params, method, image_size, path)
+  cfg = vit.ViTConfig(**(fields | {'dtype': _dtype_name(dtype)}))
+  prep = preprocess_lib.for_family(_family_for_preprocessing(cfg.family), cfg.image_size, processor)
+  return Backbone(cfg, jax.tree.map(jnp.asarray, params), prep, method, processor)
+
+
+def save_backbone(bb: Backbone, out, overwrite: bool = False) -> None:
+  """Writes an orbax checkpoint of the params plus `stitchjax.json`, atomically (temp dir, then rename)."""
+  import orbax.checkpoint as ocp
+  out = pathlib.Path(out).absolute()
+  if out.exists() and not overwrite:
+    raise FileExistsError(f'{out} exists; pass overwrite=True (--force) to replace it')
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+  try:
+    ocp.PyTreeCheckpointer().save(tmp / EXPORT_PARAMS, jax.tree.map(np.asarray, bb.params))
+    meta = {'format_version': FORMAT_VERSION, 'config': bb.config.to_dict() | {'dtype': 'float32'},
+            'position_resampling': bb.position_resampling, 'processor_config': bb.processor_config}
+    (tmp / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
+    if out.exists():
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp)
+
+
+def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:
+  import orbax.checkpoint as ocp
+  meta_path = path / EXPORT_CONFIG
+  try:
+    meta = json.loads(meta_path.read_text())
+    fields, method, processor = dict(meta['config']), meta['position_resampling'], meta['processor_config']
+  except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    raise CheckpointError(f'{meta_path}: not a stitchjax export config ({e!r})') from e
+  if meta.get('format_version') != FORMAT_VERSION:
+    raise CheckpointError(f'{meta_path}: format_version {meta.get("format_version")!r}, expected {FORMAT_VERSION}')
+  try:
+    cfg = vit.ViTConfig.from_dict(fields)
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f'{meta_path}: bad config: {e}') from e
+  try:
+    params = ocp.PyTreeCheckpointer().restore(path / EXPORT_PARAMS)
+  except Exception as e:
+    raise CheckpointError(f'{path / EXPORT_PARAMS}: cannot restore the orbax checkpoint ({e})') from e
+  want = common.flat_paths(jax.eval_shape(functools.partial(vit.init_params, cfg), jax.random.key(0)))
+  got = common.flat_paths(params)
+  for key in sorted(set(want) | set(got)):
+    if key not in got:
+      raise CheckpointError(f'{path / EXPORT_PARAMS}: missing key {key!r}')
+    if key not in want:
+      raise CheckpointError(f'{path / EXPORT_PARAMS}: unexpected key {key!r}')
+    if tuple(got[key].shape) != tuple(want[key].shape):
+      raise CheckpointError(f'{path / EXPORT_PARAMS}: key {key!r} has shape {tuple(got[key].shape)}, '
+                            f'expected {tuple(want[key].shape)}')
+  return fields, method, jax.tree.map(lambda a: np.asarray(a, np.float32), params), processor

@@ -1,0 +1,313 @@
+"""One Vision Transformer for DINOv2, DINOv3, CLIP and SigLIP/SigLIP2 (paper §3.1).
+
+The four families differ in about ten `ViTConfig` fields, not in code. Block
+parameters are stacked on a leading layer axis, so "the first n blocks of the
+source" is `params['blocks']` sliced to `[0:n]` and run by `lax.scan`:
+
+    tokens = embed(cfg, params, images)              # == HF hidden_states[0]
+    tokens = blocks(cfg, params, tokens, 0, n)       # == HF hidden_states[n]
+    tokens = blocks(cfg, params, tokens, n, depth)   # == HF hidden_states[depth]
+    pooled = pool(cfg, params, final(cfg, params, tokens))
+
+Every function is pure in `params`; `cfg` is a static, hashable dataclass.
+Token order is `[CLS?, registers..., patches...]`.
+"""
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS = {
+    'gelu': functools.partial(jax.nn.gelu, approximate=False),
+    'gelu_tanh': functools.partial(jax.nn.gelu, approximate=True),
+    'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
+    'silu': jax.nn.silu,
+    'relu': jax.nn.relu,
+}
+POOLS = ('cls', 'map', 'none')
+POS_EMBEDS = ('learned', 'rope')
+MLPS = ('mlp', 'gated')
+DTYPES = ('float32', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """Everything that distinguishes one ViT family or size from another."""
+  family: str  # 'dinov2' | 'dinov3' | 'clip' | 'siglip': provenance, no behaviour hangs on it.
+  depth: int
+  dim: int
+  heads: int
+  mlp_dim: int
+  patch_size: int
+  image_size: int
+  cls_token: bool = True
+  num_registers: int = 0
+  pos_embed: str = 'learned'  # 'learned' covers [CLS?, patches]; 'rope' is DINOv3's 2-D RoPE.
+  rope_theta: float = 100.0
+  pre_norm: bool = False  # CLIP's pre_layrnorm after the embedding.
+  layer_scale: bool = False
+  mlp: str = 'mlp'  # 'mlp': fc2(act(fc1 x)); 'gated': fc2(act(gate x) * up x) (SwiGLU).
+  act: str = 'gelu'
+  qkv_bias: tuple[bool, bool, bool] = (True, True, True)  # DINOv3 masks the key bias: (True, False, True).
+  proj_bias: bool = True
+  mlp_bias: bool = True
+  patch_bias: bool = True
+  norm_eps: float = 1e-6
+  pool: str = 'cls'  # 'cls': the CLS token; 'map': SigLIP's attention-pooling head; 'none'.
+  dtype: str = 'float32'  # compute dtype; parameters stay float32.
+  remat: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, 'qkv_bias', tuple(bool(b) for b in self.qkv_bias))
+    checks = [
+        (self.act in ACTIVATIONS, f'act={self.act!r} is not one of {sorted(ACTIVATIONS)}'),
+        (self.pool in POOLS, f'pool={self.pool!r} is not one of {POOLS}'),
+        (self.pos_embed in POS_EMBEDS, f'pos_embed={self.pos_embed!r} is not one of {POS_EMBEDS}'),
+        (self.mlp in MLPS, f'mlp={self.mlp!r} is not one of {MLPS}'),
+        (self.dtype in DTYPES, f'dtype={self.dtype!r} is not one of {DTYPES}'),
+        (min(self.depth, self.dim, self.heads, self.mlp_dim, self.patch_size, self.image_size) > 0,
+         'depth, dim, heads, mlp_dim, patch_size and image_size must be positive'),
+        (self.dim % self.heads == 0, f'dim={self.dim} is not divisible by heads={self.heads}'),
+        (self.image_size % self.patch_size == 0,
+         f'image_size={self.image_size} is not a multiple of patch_size={self.patch_size}'),
+        (self.pos_embed != 'rope' or (self.dim // self.heads) % 4 == 0,
+         f'2-D RoPE needs a head dim divisible by 4, got {self.dim // self.heads}'),
+        (self.pool != 'cls' or self.cls_token, "pool='cls' needs cls_token=True"),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(f'ViTConfig: {message}')
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.heads
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid**2
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    return int(self.cls_token) + self.num_registers
+
+  @property
+  def num_tokens(self) -> int:
+    return self.num_prefix_tokens + self.num_patches
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'ViTConfig':
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f'ViTConfig: unknown fields {unknown}')
+    return cls(**d)
+
+
+def rope_tables(cfg: ViTConfig) -> tuple[np.ndarray, np.ndarray]:
+  """DINOv3's 2-D RoPE: cos and sin tables of shape (num_patches, head_dim).
+
+  Patch centres are normalised to [-1, 1] per axis; a quarter of the head dim
+  rotates with y, a quarter with x, and the halves are tiled, as in
+  transformers' DINOv3ViTRopePositionEmbedding (eval mode, no augmentation).
+  """
+  inv_freq = 1.0 / cfg.rope_theta**np.arange(0, 1, 4 / cfg.head_dim, dtype=np.float32)
+  centres = (np.arange(0.5, cfg.grid, dtype=np.float32) / cfg.grid) * 2.0 - 1.0
+  coords = np.stack(np.meshgrid(centres, centres, indexing='ij'), axis=-1).reshape(-1, 2)
+  angles = (2 * np.pi * coords[:, :, None] * inv_freq[None, None, :]).astype(np.float32)
+  angles = np.tile(angles.reshape(len(coords), -1), 2)
+  return np.cos(angles), np.sin(angles)
+
+
+def apply_rope(x, cos, sin, num_prefix: int):
+  """Rotates the patch tokens of x: (B, T, heads, head_dim); prefix tokens pass through."""
+  prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
+  half = patches.shape[-1] // 2
+  rotated = jnp.concatenate([-patches[..., half:], patches[..., :half]], axis=-1)
+  cos, sin = (jnp.asarray(t, x.dtype)[None, :, None, :] for t in (cos, sin))
+  return jnp.concatenate([prefix, patches * cos + rotated * sin], axis=1)
+
+
+def _layer_norm(cfg: ViTConfig, name: str):
+  # Two-pass variance, as torch computes it: the fast E[x²]-E[x]² form loses ~1e-5 of precision.
+  return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, use_fast_variance=False, name=name)
+
+
+def _dense(cfg: ViTConfig, features: int, use_bias: bool, name: str):
+  return nn.Dense(features, use_bias=use_bias, dtype=cfg.compute_dtype, name=name)
+
+
+class Embed(nn.Module):
+  """Patchify, CLS token, learned positions, registers and CLIP's pre-norm: (B,H,W,3) -> (B,T,D)."""
+  cfg: ViTConfig
+
+  @nn.compact
+  def __call__(self, images):
+    cfg = self.cfg
+    p = cfg.patch_size
+    x = nn.Conv(cfg.dim, (p, p), strides=(p, p), padding='VALID', use_bias=cfg.patch_bias,
+                dtype=cfg.compute_dtype, name='patch')(images)
+    x = x.reshape(x.shape[0], -1, cfg.dim)
+    init = nn.initializers.truncated_normal(0.02)
+    if cfg.cls_token:
+      cls = self.param('cls', init, (cfg.dim,))
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.dim)), x], axis=1)
+    if cfg.pos_embed == 'learned':
+      x = x + self.param('pos', init, (x.shape[1], cfg.dim)).astype(x.dtype)
+    if cfg.num_registers:
+      registers = self.param('registers', init, (cfg.num_registers, cfg.dim)).astype(x.dtype)
+      registers = jnp.broadcast_to(registers, (x.shape[0], *registers.shape))
+      n = int(cfg.cls_token)
+      x = jnp.concatenate([x[:, :n], registers, x[:, n:]], axis=1)
+    if cfg.pre_norm:
+      x = _layer_norm(cfg, 'pre_norm')(x)
+    return x
+
+
+class Attention(nn.Module):
+  """Multi-head attention through jax.nn.dot_product_attention (cuDNN flash attention on GPUs)."""
+  cfg: ViTConfig
+
+  @nn.compact
+  def __call__(self, x, kv=None):
+    cfg = self.cfg
+    kv = x if kv is None else kv
+    q_bias, k_bias, v_bias = cfg.qkv_bias
+    split = lambda t: t.reshape(*t.shape[:-1], cfg.heads, cfg.head_dim)
+    q = split(_dense(cfg, cfg.dim, q_bias, 'q')(x))
+    k = split(_dense(cfg, cfg.dim, k_bias, 'k')(kv))
+    v = split(_dense(cfg, cfg.dim, v_bias, 'v')(kv))
+    if cfg.pos_embed == 'rope':
+      cos, sin = rope_tables(cfg)
+      q = apply_rope(q, cos, sin, cfg.num_prefix_tokens)
+      k = apply_rope(k, cos, sin, cfg.num_prefix_tokens)
+    out = jax.nn.dot_product_attention(q, k, v)
+    return _dense(cfg, cfg.dim, cfg.proj_bias, 'o')(out.reshape(*out.shape[:-2], cfg.dim))
+
+
+class MLP(nn.Module):
+  cfg: ViTConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    act = ACTIVATIONS[cfg.act]
+    if cfg.mlp == 'gated':
+      h = act(_dense(cfg, cfg.mlp_dim, cfg.mlp_bias, 'gate')(x)) * _dense(cfg, cfg.mlp_dim, cfg.mlp_bias, 'up')(x)
+    else:
+      h = act(_dense(cfg, cfg.mlp_dim, cfg.mlp_bias, 'fc1')(x))
+    return _dense(cfg, cfg.dim, cfg.mlp_bias, 'fc2')(h)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block with optional layer scale: (B,T,D) -> (B,T,D)."""
+  cfg: ViTConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    ones = nn.initializers.ones
+    y = Attention(cfg, name='attn')(_layer_norm(cfg, 'norm1')(x))
+    if cfg.layer_scale:
+      y = y * self.param('ls1', ones, (cfg.dim,)).astype(y.dtype)
+    x = x + y
+    y = MLP(cfg, name='mlp')(_layer_norm(cfg, 'norm2')(x))
+    if cfg.layer_scale:
+      y = y * self.param('ls2', ones, (cfg.dim,)).astype(y.dtype)
+    return x + y
+
+
+class MAPHead(nn.Module):
+  """SigLIP's multihead attention pooling: a learned probe attends to all tokens: (B,T,D) -> (B,D)."""
+  cfg: ViTConfig
+
+  @nn.compact
+  def __call__(self, x):
+    # torch.nn.MultiheadAttention always has biases, and the head's MLP is never gated.
+    cfg = dataclasses.replace(self.cfg, qkv_bias=(True, True, True), proj_bias=True, mlp='mlp',
+                              mlp_bias=True, pos_embed='learned')
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, cfg.dim)).astype(x.dtype)
+    y = Attention(cfg, name='attn')(jnp.broadcast_to(probe, (x.shape[0], 1, cfg.dim)), kv=x)
+    y = y + MLP(cfg, name='mlp')(_layer_norm(cfg, 'norm')(y))
+    return y[:, 0]
+
+
+class ViT(nn.Module):
+  """The uninterrupted model: embed, all blocks (scanned), final norm, pool.
+
+  Its parameter tree is the one every function here takes: `embed`, `blocks`
+  (each leaf with a leading `depth` axis), `norm`, and `head` for MAP pooling.
+  """
+  cfg: ViTConfig
+
+  @nn.compact
+  def __call__(self, images):
+    cfg = self.cfg
+    x = Embed(cfg, name='embed')(images.astype(cfg.compute_dtype))
+    block = nn.remat(Block) if cfg.remat else Block
+    body = lambda module, carry, _: (module(carry), None)
+    x, _ = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True},
+                   length=cfg.depth)(block(cfg, name='blocks'), x, None)
+    x = _layer_norm(cfg, 'norm')(x)
+    pooled = MAPHead(cfg, name='head')(x) if cfg.pool == 'map' else x[:, 0] if cfg.pool == 'cls' else None
+    return x, pooled
+
+
+def init_params(cfg: ViTConfig, rng) -> dict:
+  images = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+  return ViT(cfg).init(rng, images)['params']
+
+
+def check_images(cfg: ViTConfig, images) -> None:
+  want = (cfg.image_size, cfg.image_size, 3)
+  if images.ndim != 4 or tuple(images.shape[1:]) != want:
+    raise ValueError(f'images must have shape (B, {", ".join(map(str, want))}) for this {cfg.family} backbone '
+                     f'(image_size={cfg.image_size}), got {tuple(images.shape)}')
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def embed(cfg: ViTConfig, params, images):
+  """images: (B,H,W,3) float32, already normalised -> tokens (B,T,D)."""
+  check_images(cfg, images)
+  return Embed(cfg).apply({'params': params['embed']}, images.astype(cfg.compute_dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def blocks(cfg: ViTConfig, params, tokens, start: int, stop: int):
+  """Runs blocks [start, stop) on tokens (B,T,D); start == stop is the identity."""
+  if not 0 <= start <= stop <= cfg.depth:
+    raise ValueError(f'block span [{start}, {stop}) is outside [0, {cfg.depth}] for this {cfg.family} backbone')
+  span = jax.tree.map(lambda p: p[start:stop], params['blocks'])
+  step = lambda x, p: (Block(cfg).apply({'params': p}, x), None)
+  if cfg.remat:
+    step = jax.checkpoint(step)
+  return jax.lax.scan(step, tokens.astype(cfg.compute_dtype), span)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def final(cfg: ViTConfig, params, tokens):
+  """The model's final norm on all tokens (CLIP: post_layernorm)."""
+  return _layer_norm(cfg, None).apply({'params': params['norm']}, tokens)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def pool(cfg: ViTConfig, params, final_tokens):
+  """final tokens (B,T,D) -> (B,D): the CLS token or the MAP head, as HF's pooler_output."""
+  if cfg.pool == 'map':
+    return MAPHead(cfg).apply({'params': params['head']}, final_tokens.astype(cfg.compute_dtype))
+  if cfg.pool == 'cls':
+    return final_tokens[:, 0]
+  raise ValueError(f'this {cfg.family} backbone has no pooler (pool="none", e.g. SigLIP without its head)')

@@ -1,0 +1,100 @@
+"""Tiny random transformers models of every supported class, and their reference outputs.
+
+Parameters are perturbed away from transformers' init (norm scales of 1, zero
+biases, constant layer scales) so a converter that drops or swaps one of them
+fails the parity tests.
+"""
+import dataclasses
+
+import numpy as np
+import torch
+import transformers as T
+
+# name -> (model class, config factory, kwargs the ViT fields need at native size)
+_COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
+CASES = {
+    'dinov2': lambda: T.Dinov2Model(T.Dinov2Config(**_COMMON, image_size=56, patch_size=14, mlp_ratio=2)),
+    'dinov2_swiglu': lambda: T.Dinov2Model(T.Dinov2Config(**_COMMON, image_size=56, patch_size=14,
+                                                            use_swiglu_ffn=True, layer_norm_eps=1e-5)),
+    'dinov2_registers': lambda: T.Dinov2WithRegistersModel(T.Dinov2WithRegistersConfig(
+        **_COMMON, image_size=42, patch_size=14, num_register_tokens=4, mlp_ratio=3)),
+    'dinov3': lambda: T.DINOv3ViTModel(T.DINOv3ViTConfig(**_COMMON, intermediate_size=48, image_size=64, patch_size=16,
+                                                          num_register_tokens=4)),
+    'dinov3_gated': lambda: T.DINOv3ViTModel(T.DINOv3ViTConfig(
+        **_COMMON, intermediate_size=40, image_size=48, patch_size=16, num_register_tokens=2, use_gated_mlp=True,
+        hidden_act='silu', key_bias=True, rope_theta=50.0)),
+    'clip': lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**_COMMON, intermediate_size=48, image_size=64, patch_size=16)),
+    'clip_full': lambda: T.CLIPModel(T.CLIPConfig(
+        vision_config=dict(**_COMMON, intermediate_size=48, image_size=48, patch_size=16, hidden_act='gelu'),
+        text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=50), projection_dim=8)),
+    'siglip': lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**_COMMON, intermediate_size=48, image_size=64,
+                                                               patch_size=16)),
+    'siglip_nohead': lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**_COMMON, intermediate_size=48, image_size=48,
+                                                                      patch_size=16, vision_use_head=False)),
+    'siglip_full': lambda: T.SiglipModel(T.SiglipConfig(
+        vision_config=dict(**_COMMON, intermediate_size=48, image_size=48, patch_size=16),
+        text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=50))),
+    'siglip2': lambda: T.Siglip2VisionModel(T.Siglip2VisionConfig(**_COMMON, intermediate_size=48, num_patches=16,
+                                                                  patch_size=16)),
+}
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.add_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim <= 1 or 'token' in name or 'probe' in name else 0.05))
+  return model.eval()
+
+
+def build(name: str, directory, seed: int = 0) -> torch.nn.Module:
+  torch.manual_seed(seed)
+  model = perturbed(CASES[name](), seed)
+  model.save_pretrained(directory)
+  return model
+
+
+@dataclasses.dataclass
+class Reference:
+  hidden_states: list  # depth + 1 arrays (B, T, D)
+  last: np.ndarray  # final-normed tokens
+  pooled: np.ndarray | None
+
+
+def vision_tower(model):
+  return getattr(model, 'vision_model', model)
+
+
+def reference(model, images: np.ndarray) -> Reference:
+  """Runs the HF model on normalised (B,H,W,3) float32 images in eval mode."""
+  tower = vision_tower(model)
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  kwargs = dict(output_hidden_states=True)
+  if isinstance(tower, T.Siglip2VisionModel):
+    b, c, h, w = x.shape
+    p = tower.config.patch_size
+    patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+    kwargs.update(pixel_attention_mask=torch.ones(patches.shape[:2], dtype=torch.int32),
+                  spatial_shapes=torch.tensor([[h // p, w // p]] * b))
+    x = patches
+  elif isinstance(tower, (T.CLIPVisionModel, T.SiglipVisionModel)):
+    kwargs.update(interpolate_pos_encoding=True)
+  with torch.no_grad():
+    out = tower(x, **kwargs)
+    # CLIP's last_hidden_state is not normed; stitchjax's `final` is post_layernorm on all tokens.
+    last = tower.post_layernorm(out.last_hidden_state) if isinstance(tower, T.CLIPVisionModel) else out.last_hidden_state
+  arr = lambda t: None if t is None else t.float().numpy()
+  return Reference([arr(h) for h in out.hidden_states], arr(last), arr(out.pooler_output))
+
+
+def images(n: int, size: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
+
+
+def rel_err(ours, ref) -> float:
+  """max |ours - ref| / max |ref|: relative to the tensor's scale, so near-zero entries do not dominate."""
+  ours, ref = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
+  assert ours.shape == ref.shape, (ours.shape, ref.shape)
+  return float(np.abs(ours - ref).max() / np.abs(ref).max())
