@@ -46,33 +46,6 @@ def bicubic_matrix(old: int, new: int, scale: float) -> np.ndarray:
   return m
 
 
-def _triangle(x):
-  return np.maximum(0.0, 1.0 - np.abs(x))
-
-
-def _keys_cubic(x, a=-0.5):
-  """The cubic filter of torch's antialiased path (and PIL's): a = -0.5, unlike plain bicubic's -0.75."""
-  x = np.abs(x)
-  return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                  np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
-
-
-def antialias_matrix(old: int, new: int, kind: str) -> np.ndarray:
-  """(new, old) weights of torch's antialiased interpolation: the filter is widened by the scale when shrinking."""
-  filt, half_width = (_triangle, 1.0) if kind == 'bilinear' else (_keys_cubic, 2.0)
-  scale = old / new
-  support = half_width * scale if scale >= 1.0 else half_width
-  invscale = 1.0 / scale if scale >= 1.0 else 1.0
-  m = np.zeros((new, old))
-  for i in range(new):
-    centre = scale * (i + 0.5)
-    lo = max(int(centre - support + 0.5), 0)
-    hi = min(int(centre + support + 0.5), old)
-    w = filt((np.arange(lo, hi) - centre + 0.5) * invscale)
-    m[i, lo:hi] = w / w.sum()
-  return m
-
-
 def resample_grid(grid: np.ndarray, new: int, method: str) -> np.ndarray:
   """grid: (old, old, D) -> (new, new, D)."""
   old = grid.shape[0]
@@ -83,10 +56,10 @@ def resample_grid(grid: np.ndarray, new: int, method: str) -> np.ndarray:
   if method == 'zoom':
     return scipy.ndimage.zoom(grid, (new / old, new / old, 1), order=1)
   if method.endswith('_aa'):
-    m = antialias_matrix(old, new, method[:-3])
-  else:
-    scale = old / (new + 0.1) if method == 'bicubic_offset' else old / new
-    m = bicubic_matrix(old, new, scale)
+    from stitchjax.preprocess import antialias_resize  # the same aten kernel the DINOv3 processor resizes with
+    return antialias_resize(grid.astype(np.float32), new, new, method[:-3])
+  scale = old / (new + 0.1) if method == 'bicubic_offset' else old / new
+  m = bicubic_matrix(old, new, scale)
   out = np.einsum('ai,bj,ijd->abd', m, m, grid.astype(np.float64))
   return out.astype(grid.dtype)
 

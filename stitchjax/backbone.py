@@ -144,7 +144,7 @@ def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:
   except (TypeError, ValueError) as e:
     raise CheckpointError(f'{meta_path}: bad config: {e}') from e
   try:
-    params = ocp.PyTreeCheckpointer().restore(path / EXPORT_PARAMS)
+    params = ocp.PyTreeCheckpointer().restore((path / EXPORT_PARAMS).absolute())
   except Exception as e:
     raise CheckpointError(f'{path / EXPORT_PARAMS}: cannot restore the orbax checkpoint ({e})') from e
   want = common.flat_paths(jax.eval_shape(functools.partial(vit.init_params, cfg), jax.random.key(0)))

@@ -1,0 +1,21 @@
+"""stitchjax command line: `python run.py --config configs/X.py [--config.field=value ...]`.
+
+The config's `job` names what runs; results land in `config.workdir`.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
+  from stitchjax import experiment
+  experiment.run(_CONFIG.value)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,393 @@
+"""Image preprocessing that matches the transformers processors of each family.
+
+Features are only comparable with the PyTorch models (and stitched layers only
+transfer) when the pixels fed to the JAX model are the ones the reference
+processor would produce. `Preprocess` reproduces them in numpy + PIL, with no
+torch at run time:
+
+    pre = for_family('dinov2', 224)          # or for_family(family, size, json.load(f))
+    pixels = pre(images)                     # uint8 (B, H, W, 3) -> float32 (B, 224, 224, 3)
+
+Two backends, after the two kinds of transformers processor:
+
+* 'pil' (BitImageProcessorPil for DINOv2, CLIPImageProcessorPil,
+  SiglipImageProcessorPil, Siglip2ImageProcessorPil): PIL resize of the uint8
+  image, center crop, rescale (in float64, then cast to float32), normalise in
+  float32. Bit-exact with transformers: the PIL call is the same one.
+* 'torch_aa' (DINOv3ViTImageProcessor, a torchvision processor): rescale to
+  float32 first, then torch's antialiased bilinear/bicubic interpolate
+  (what torchvision's resize calls for float tensors), center crop, normalise.
+  The interpolation weights are computed exactly as aten's CPU kernel does
+  (float32, same rounding) and the taps are summed in its order, which is
+  bit-exact with torch's portable kernel (ATEN_CPU_CAPABILITY=default). Its
+  AVX2/AVX-512 builds fuse some of those multiply-adds (FMA), so there outputs
+  differ by an ulp or so: measured max 8e-7 (bilinear), 5e-6 (bicubic) after
+  normalisation.
+"""
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+RESIZES = ('shortest_edge', 'square')
+BACKENDS = ('pil', 'torch_aa')
+# PIL's enum values, which are also what preprocessor_config.json stores as `resample`.
+PIL_RESAMPLE = {'nearest': 0, 'lanczos': 1, 'bilinear': 2, 'bicubic': 3, 'box': 4, 'hamming': 5}
+AA_RESAMPLE = {'bilinear': 2, 'bicubic': 4}  # modes torch antialiases -> taps without antialias.
+FAMILIES = ('dinov2', 'dinov3', 'clip', 'siglip')
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """Resize, optional center crop, rescale and normalise, as one reference processor does it."""
+  resize: str  # 'shortest_edge': the short side becomes `size`; 'square': the image becomes size x size.
+  size: int
+  resample: str  # a key of PIL_RESAMPLE ('pil') or of AA_RESAMPLE ('torch_aa').
+  backend: str  # 'pil' | 'torch_aa', see the module docstring.
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  crop: int | None = None  # side of the center crop; None: no crop.
+  rescale_factor: float = 1 / 255
+
+  def __post_init__(self):
+    _set = lambda name, value: object.__setattr__(self, name, value)
+    _set('mean', _floats3(self.mean, 'Preprocess: mean'))
+    _set('std', _floats3(self.std, 'Preprocess: std'))
+    _set('size', _positive_int(self.size, 'Preprocess: size'))
+    if self.crop is not None:
+      _set('crop', _positive_int(self.crop, 'Preprocess: crop'))
+    _set('rescale_factor', float(self.rescale_factor))
+    valid = PIL_RESAMPLE if self.backend == 'pil' else AA_RESAMPLE
+    checks = [
+        (self.resize in RESIZES, f'resize={self.resize!r} is not one of {RESIZES}'),
+        (self.backend in BACKENDS, f'backend={self.backend!r} is not one of {BACKENDS}'),
+        (self.resample in valid,
+         f'resample={self.resample!r} is not one of {tuple(valid)} for backend={self.backend!r}'),
+        (all(s != 0 for s in self.std), f'std={self.std} has a zero'),
+        (self.rescale_factor > 0, f'rescale_factor={self.rescale_factor} must be positive'),
+        # Without a crop the short-side resize keeps the aspect ratio, so batches would not be square.
+        (self.resize != 'shortest_edge' or self.crop is not None, "resize='shortest_edge' needs a crop"),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(f'Preprocess: {message}')
+
+  @property
+  def output_size(self) -> int:
+    return self.crop if self.crop is not None else self.size
+
+  def __call__(self, images) -> np.ndarray:
+    """images: uint8 (B, H, W, 3), or a list of uint8 (H, W, 3) / grayscale (H, W) arrays of any sizes.
+
+    Returns float32 (B, S, S, 3), channels last, S = output_size.
+    """
+    if isinstance(images, np.ndarray):
+      if images.ndim != 4:
+        raise ValueError(f'Preprocess: an array batch must be (B, H, W, C), got shape {images.shape}; '
+                         'pass a single image as [image]')
+      images = list(images)
+    out = np.empty((len(images), self.output_size, self.output_size, 3), np.float32)
+    for i, image in enumerate(images):
+      out[i] = self._one(_to_rgb(image))
+    return out
+
+  def _one(self, image: np.ndarray) -> np.ndarray:
+    height, width = self._resized_shape(*image.shape[:2])
+    if self.backend == 'pil':
+      # transformers always goes through PIL, even when the size does not change.
+      pil = Image.fromarray(np.ascontiguousarray(image))
+      image = np.asarray(pil.resize((width, height), resample=PIL_RESAMPLE[self.resample]))
+      if self.crop is not None:
+        image = _center_crop(image, self.crop, pad_before_rounds_up=True)
+      # transformers' numpy `rescale` multiplies in float64 and only then casts.
+      x = (image.astype(np.float64) * self.rescale_factor).astype(np.float32)
+    else:
+      # torch multiplies the uint8 tensor by the Python float in float32.
+      x = image.astype(np.float32) * np.float32(self.rescale_factor)
+      x = antialias_resize(x, height, width, self.resample)
+      if self.crop is not None:
+        x = _center_crop(x, self.crop, pad_before_rounds_up=False)
+    return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+  def _resized_shape(self, height: int, width: int) -> tuple[int, int]:
+    if self.resize == 'square':
+      return self.size, self.size
+    # transformers' get_resize_output_image_size(default_to_square=False): the long side truncates.
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(self.size * long / short)
+    return (new_long, self.size) if width <= height else (self.size, new_long)
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d['mean'], d['std'] = list(self.mean), list(self.std)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'Preprocess':
+    fields = dataclasses.fields(cls)
+    unknown = sorted(set(d) - {f.name for f in fields})
+    if unknown:
+      raise ValueError(f'Preprocess: unknown fields {unknown}')
+    required = [f.name for f in fields if f.default is dataclasses.MISSING]
+    missing = [name for name in required if name not in d]
+    if missing:
+      raise ValueError(f'Preprocess: missing fields {missing}')
+    return cls(**d)
+
+
+def _to_rgb(image) -> np.ndarray:
+  """(H, W) or (H, W, 1) grayscale -> (H, W, 3), like transformers' do_convert_rgb."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f'Preprocess: images must be uint8, got {image.dtype}')
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(f'Preprocess: an image must be (H, W), (H, W, 1) or (H, W, 3), got shape {image.shape}')
+  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def _center_crop(x: np.ndarray, crop: int, pad_before_rounds_up: bool) -> np.ndarray:
+  """Center crop of an (H, W, C) array, zero-padding sides shorter than `crop`.
+
+  Both backends take floor((n - crop) / 2) as the crop offset, but when padding
+  transformers' numpy center_crop puts ceil(d / 2) zeros before the image and
+  torchvision floor(d / 2).
+  """
+  for axis in (0, 1):
+    n = x.shape[axis]
+    if n >= crop:
+      start = (n - crop) // 2
+      x = x[start:start + crop] if axis == 0 else x[:, start:start + crop]
+    else:
+      before = (crop - n + 1) // 2 if pad_before_rounds_up else (crop - n) // 2
+      pad = [(0, 0)] * x.ndim
+      pad[axis] = (before, crop - n - before)
+      x = np.pad(x, pad)
+  return x
+
+
+def _aa_filter(resample: str, x: np.ndarray) -> np.ndarray:
+  """aten's antialias filters (HelperInterpLinear/Cubic::aa_filter), in float32."""
+  x = np.abs(x)
+  one = np.float32(1)
+  if resample == 'bilinear':
+    return np.where(x < one, one - x, np.float32(0))
+  a = np.float32(-0.5)  # PIL's and torch's antialias bicubic coefficient.
+  near = ((a + 2) * x - (a + 3)) * x * x + one
+  far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.where(x < one, near, np.where(x < 2, far, np.float32(0)))
+
+
+def _aa_weights(n_in: int, n_out: int, resample: str) -> tuple[np.ndarray, np.ndarray]:
+  """Taps (n_out, K) and weights (n_out, K) of torch's antialiased interpolate along one axis.
+
+  Follows aten's `_compute_index_ranges_weights` / `_compute_weights_aa` for
+  float32 inputs, align_corners=False, step by step including which
+  intermediates are float32 and which double, so the weights match bit for bit.
+  """
+  interp_size = AA_RESAMPLE[resample]
+  scale = np.float32(n_in) / np.float32(n_out)
+  downsampling = scale >= 1
+  support = np.float32(interp_size * 0.5 * float(scale) if downsampling else interp_size * 0.5)
+  n_taps = int(math.ceil(support)) * 2 + 1
+  invscale = float(np.float32(1.0 / float(scale))) if downsampling else 1.0
+  center = ((np.arange(n_out) + 0.5) * float(scale)).astype(np.float32)
+  # C++ casts to int64 by truncation toward zero, as astype does.
+  xmin = np.maximum(((center - support).astype(np.float64) + 0.5).astype(np.int64), 0)
+  xmax = np.minimum(((center + support).astype(np.float64) + 0.5).astype(np.int64), n_in)
+  xsize = np.clip(xmax - xmin, 0, n_taps)
+  taps = xmin[:, None] + np.arange(n_taps)
+  dist = (taps.astype(np.float32) - center[:, None]).astype(np.float64) + 0.5
+  w = _aa_filter(resample, (dist * invscale).astype(np.float32))
+  w = np.where(np.arange(n_taps) < xsize[:, None], w, np.float32(0))
+  total = np.zeros(n_out, np.float32)
+  for k in range(n_taps):  # the kernel sums sequentially in float32.
+    total += w[:, k]
+  w = np.where(total[:, None] != 0, w / np.where(total == 0, 1, total)[:, None], w)
+  return np.minimum(taps, n_in - 1), w
+
+
+def _aa_resize_axis(x: np.ndarray, n_out: int, axis: int, resample: str) -> np.ndarray:
+  taps, w = _aa_weights(x.shape[axis], n_out, resample)
+  x = np.moveaxis(x, axis, 0)
+  shape = (n_out,) + (1,) * (x.ndim - 1)
+  out = x[taps[:, 0]] * w[:, 0].reshape(shape)
+  for k in range(1, w.shape[1]):  # in the kernel's tap order; zero weights past a row's taps add nothing.
+    out += x[taps[:, k]] * w[:, k].reshape(shape)
+  return np.moveaxis(out, 0, axis)
+
+
+def antialias_resize(x: np.ndarray, height: int, width: int, resample: str) -> np.ndarray:
+  """torch.nn.functional.interpolate(antialias=True, align_corners=False) of a float32 (H, W, C) array.
+
+  aten resamples the contiguous (width) axis first, then height, and skips an
+  axis whose size does not change; the order matters for rounding.
+  """
+  if x.shape[1] != width:
+    x = _aa_resize_axis(x, width, 1, resample)
+  if x.shape[0] != height:
+    x = _aa_resize_axis(x, height, 0, resample)
+  return x
+
+
+# Class attributes of the transformers processors. As in transformers, a key a
+# preprocessor_config.json leaves out (or sets to null) takes these values.
+_COMMON = dict(do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True)
+_BIT_CLIP = dict(_COMMON, backend='pil', resample=3, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+                 size={'shortest_edge': 224}, default_to_square=False,
+                 crop_size={'height': 224, 'width': 224}, do_center_crop=True)
+_CLASS_DEFAULTS = {
+    'BitImageProcessor': _BIT_CLIP,
+    'CLIPImageProcessor': _BIT_CLIP,
+    'SiglipImageProcessor': dict(_COMMON, backend='pil', resample=3, image_mean=HALF, image_std=HALF,
+                                 size={'height': 224, 'width': 224}, default_to_square=False),
+    # NaFlex: the size comes from the image and max_num_patches; here it is image_size.
+    'Siglip2ImageProcessor': dict(_COMMON, backend='pil', resample=2, image_mean=HALF, image_std=HALF),
+    'DINOv3ViTImageProcessor': dict(_COMMON, backend='torch_aa', resample=2, image_mean=IMAGENET_MEAN,
+                                    image_std=IMAGENET_STD, size={'height': 224, 'width': 224},
+                                    default_to_square=True),
+}
+_FAMILY_PROCESSOR = {
+    'dinov2': 'BitImageProcessor',
+    'dinov3': 'DINOv3ViTImageProcessor',
+    'clip': 'CLIPImageProcessor',
+    'siglip': 'SiglipImageProcessor',
+}
+# preprocessor_config.json of the hub checkpoints (facebook/dinov2-*, facebook/dinov3-*,
+# openai/clip-vit-*, google/siglip2-*), used when no config is given. SigLIP v1
+# checkpoints (google/siglip-*) store resample=3 (bicubic): pass their json.
+HUB_CONFIGS = {
+    'dinov2': {'image_processor_type': 'BitImageProcessor', 'size': {'shortest_edge': 256},
+               'crop_size': {'height': 224, 'width': 224}, 'do_center_crop': True, 'resample': 3,
+               'image_mean': list(IMAGENET_MEAN), 'image_std': list(IMAGENET_STD)},
+    'dinov3': {'image_processor_type': 'DINOv3ViTImageProcessorFast', 'size': {'height': 224, 'width': 224},
+               'resample': 2, 'image_mean': list(IMAGENET_MEAN), 'image_std': list(IMAGENET_STD)},
+    'clip': {'image_processor_type': 'CLIPImageProcessor', 'size': {'shortest_edge': 224},
+             'crop_size': {'height': 224, 'width': 224}, 'do_center_crop': True, 'resample': 3,
+             'image_mean': list(CLIP_MEAN), 'image_std': list(CLIP_STD)},
+    'siglip': {'image_processor_type': 'SiglipImageProcessor', 'size': {'height': 224, 'width': 224},
+               'resample': 2, 'image_mean': list(HALF), 'image_std': list(HALF)},
+}
+
+
+def for_family(family: str, image_size: int, processor_config: dict | None = None) -> Preprocess:
+  """The preprocessing of a family's reference processor, with image_size x image_size outputs.
+
+  family: 'dinov2' | 'dinov3' | 'clip' | 'siglip'. processor_config: the parsed
+  preprocessor_config.json of a checkpoint; its `image_processor_type`
+  (Bit/CLIP/Siglip/Siglip2/DINOv3ViT, with or without a Fast or Pil suffix)
+  picks the processor class, else the family does, and its values win over the
+  class defaults, key by key, as in transformers. None: HUB_CONFIGS[family].
+
+  Other sizes: when image_size differs from the processor's native output
+  (crop_size if it crops, else size), resize and crop are scaled together: the
+  resize size becomes round(size * image_size / native), halves rounding up,
+  and the crop becomes image_size. E.g. DINOv2 at 336: shortest edge
+  256 * 336 / 224 = 384, crop 336; a square resize simply becomes image_size.
+  Siglip2ImageProcessor (NaFlex, which sizes each image by its aspect ratio)
+  becomes a square resize to image_size with the config's resample/mean/std.
+
+  Raises ValueError for an unknown family or processor type, or a config field
+  this module cannot reproduce (naming the field). Keys it does not use
+  (processor_class, data_format, patch_size, ...) are ignored.
+  """
+  if family not in FAMILIES:
+    raise ValueError(f'for_family: unknown family {family!r}, expected one of {FAMILIES}')
+  image_size = _positive_int(image_size, 'for_family: image_size')
+  config = HUB_CONFIGS[family] if processor_config is None else processor_config
+  if not isinstance(config, dict):
+    raise ValueError(f'for_family: processor_config must be a dict, got {type(config).__name__}')
+  kind = config.get('image_processor_type') or _FAMILY_PROCESSOR[family]
+  if isinstance(kind, str):
+    kind = kind.removesuffix('Fast').removesuffix('Pil')
+  if not isinstance(kind, str) or kind not in _CLASS_DEFAULTS:
+    raise ValueError(f'processor_config["image_processor_type"]={kind!r} is not one of '
+                     f'{sorted(_CLASS_DEFAULTS)} (with or without a Fast/Pil suffix)')
+  c = dict(_CLASS_DEFAULTS[kind])
+  c.update({k: v for k, v in config.items() if v is not None})
+
+  field = lambda name: f'processor_config["{name}"]'
+  if not c['do_resize']:
+    raise ValueError(f'{field("do_resize")}=False: outputs would not have a fixed size')
+  names = {code: name for name, code in PIL_RESAMPLE.items()}
+  resample = names.get(c['resample']) if type(c['resample']) is int else None
+  if resample is None:
+    raise ValueError(f'{field("resample")}={c["resample"]!r} is not a PIL resampling code 0-5')
+  mean, std = (0.0,) * 3, (1.0,) * 3
+  if c['do_normalize']:
+    mean, std = (_floats3(c[name], field(name), broadcast=True) for name in ('image_mean', 'image_std'))
+  rescale_factor = 1.0
+  if c['do_rescale']:
+    rescale_factor = c['rescale_factor']
+    if isinstance(rescale_factor, bool) or not isinstance(rescale_factor, (int, float)) or rescale_factor <= 0:
+      raise ValueError(f'{field("rescale_factor")}={rescale_factor!r} must be a positive number')
+
+  if kind == 'Siglip2ImageProcessor':
+    resize, size, crop = 'square', image_size, None
+  else:
+    resize, size = _parse_size(c.get('size'), c.get('default_to_square'), field('size'))
+    crop = _parse_crop(c.get('crop_size'), field('crop_size')) if c.get('do_center_crop') else None
+    if resize == 'shortest_edge' and crop is None:
+      raise ValueError(f'{field("do_center_crop")} must be true with a shortest_edge size, '
+                       'or outputs would not be square')
+    native = crop if crop is not None else size
+    if image_size != native:
+      size = math.floor(size * image_size / native + 0.5)
+      crop = None if crop is None else image_size
+  try:
+    return Preprocess(resize=resize, size=size, crop=crop, resample=resample, backend=c['backend'],
+                      mean=mean, std=std, rescale_factor=rescale_factor)
+  except ValueError as e:  # e.g. a resample torch cannot antialias: say which config it came from.
+    raise ValueError(f'processor_config ({kind}): {e}') from e
+
+
+def _parse_size(size, default_to_square, name) -> tuple[str, int]:
+  """A transformers size (int, [h, w] or dict) -> ('shortest_edge' | 'square', n)."""
+  if isinstance(size, int) and not isinstance(size, bool):
+    size = {'height': size, 'width': size} if default_to_square else {'shortest_edge': size}
+  elif isinstance(size, (list, tuple)) and len(size) == 2:
+    size = {'height': size[0], 'width': size[1]}
+  if isinstance(size, dict) and set(size) == {'shortest_edge'}:
+    return 'shortest_edge', _positive_int(size['shortest_edge'], name)
+  if isinstance(size, dict) and set(size) == {'height', 'width'} and size['height'] == size['width']:
+    return 'square', _positive_int(size['height'], name)
+  raise ValueError(f'{name}={size!r}: only {{"shortest_edge": n}} or a square {{"height": n, "width": n}} '
+                   'is supported')
+
+
+def _parse_crop(crop, name) -> int:
+  if isinstance(crop, int) and not isinstance(crop, bool):
+    return _positive_int(crop, name)
+  if isinstance(crop, (list, tuple)) and len(crop) == 2:
+    crop = {'height': crop[0], 'width': crop[1]}
+  if isinstance(crop, dict) and set(crop) == {'height', 'width'} and crop['height'] == crop['width']:
+    return _positive_int(crop['height'], name)
+  raise ValueError(f'{name}={crop!r}: only a square {{"height": n, "width": n}} crop is supported')
+
+
+def _positive_int(value, name) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    raise ValueError(f'{name}={value!r} must be a positive int')
+  return int(value)
+
+
+def _floats3(value, name, broadcast=False) -> tuple[float, float, float]:
+  if isinstance(value, (str, bytes)):
+    raise ValueError(f'{name}={value!r} must be 3 floats')
+  if broadcast and isinstance(value, (int, float)) and not isinstance(value, bool):
+    value = [value] * 3  # transformers accepts one float for all channels.
+  try:
+    values = tuple(float(v) for v in value)
+  except (TypeError, ValueError):
+    values = ()
+  if len(values) != 3:
+    raise ValueError(f'{name}={value!r} must be 3 floats')
+  return values

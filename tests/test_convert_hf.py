@@ -1,0 +1,132 @@
+"""The transformers converter and the `python -m convert` round trip, including every bad input."""
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import hf_models as H
+from convert import CheckpointError
+from stitchjax import load_backbone
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _convert(*args):
+  return subprocess.run([sys.executable, '-m', 'convert', *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize('name', sorted(H.CASES))
+def test_cli_round_trip_reproduces_the_direct_load(name, tmp_path):
+  src, out = tmp_path / 'hf', tmp_path / 'export'
+  model = H.build(name, src)
+  native = load_backbone(src).config
+  size = native.image_size + native.patch_size
+  result = _convert(src, out, '--image-size', size)
+  assert result.returncode == 0, result.stderr
+  direct, exported = load_backbone(src, image_size=size), load_backbone(out)
+  assert exported.config == direct.config
+  assert exported.preprocessing == direct.preprocessing
+  jax.tree.map(np.testing.assert_array_equal, exported.params, direct.params)
+  x = H.images(2, size)
+  ref = H.reference(model, x)
+  assert H.rel_err(exported.embed(exported.params, x), ref.hidden_states[0]) <= 1e-5
+  # An export re-loaded at its own size is the same backbone; the CLI refuses to overwrite without --force.
+  assert _convert(src, out).returncode == 1
+  assert _convert(src, out, '--force').returncode == 0
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+  H.build('dinov2', tmp_path / 'src')
+  return tmp_path / 'src'
+
+
+def _edit_weights(directory, fn):
+  path = directory / 'model.safetensors'
+  arrays = dict(safetensors.numpy.load_file(str(path)))
+  fn(arrays)
+  safetensors.numpy.save_file(arrays, str(path))
+
+
+def test_missing_key_is_named(hf_dir):
+  _edit_weights(hf_dir, lambda a: a.pop('encoder.layer.1.norm2.bias'))
+  with pytest.raises(CheckpointError, match=r"src: missing key 'encoder.layer.1.norm2.bias'"):
+    load_backbone(hf_dir)
+
+
+def test_unexpected_key_is_named(hf_dir):
+  _edit_weights(hf_dir, lambda a: a.update({'encoder.layer.0.extra.weight': np.zeros(3, np.float32)}))
+  with pytest.raises(CheckpointError, match=r"unexpected keys 'encoder.layer.0.extra.weight'"):
+    load_backbone(hf_dir)
+
+
+def test_wrong_shape_is_named(hf_dir):
+  _edit_weights(hf_dir, lambda a: a.update({'encoder.layer.2.norm1.weight': np.ones(31, np.float32)}))
+  with pytest.raises(CheckpointError, match=r"'encoder.layer.2.norm1.weight' gives blocks/2/norm1/scale shape \(31,\)"):
+    load_backbone(hf_dir)
+
+
+def test_extra_layer_in_the_weights_is_refused(hf_dir):
+  def add_layer(a):
+    a.update({k.replace('layer.2.', 'layer.3.'): v for k, v in list(a.items()) if 'layer.2.' in k})
+  _edit_weights(hf_dir, add_layer)
+  with pytest.raises(CheckpointError, match=r"unexpected keys 'encoder.layer.3"):
+    load_backbone(hf_dir)
+
+
+def test_unknown_architecture_is_named(hf_dir):
+  config = json.loads((hf_dir / 'config.json').read_text())
+  (hf_dir / 'config.json').write_text(json.dumps(config | {'architectures': ['ViTMAEModel']}))
+  with pytest.raises(CheckpointError, match="unsupported architecture \\['ViTMAEModel'\\]"):
+    load_backbone(hf_dir)
+
+
+def test_missing_config_field_is_named(hf_dir):
+  config = json.loads((hf_dir / 'config.json').read_text())
+  del config['num_attention_heads']
+  (hf_dir / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(CheckpointError, match="config.json: missing field 'num_attention_heads'"):
+    load_backbone(hf_dir)
+
+
+def test_truncated_and_corrupt_weights_are_named(hf_dir):
+  path = hf_dir / 'model.safetensors'
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+  with pytest.raises(CheckpointError, match='model.safetensors: not a readable safetensors file'):
+    load_backbone(hf_dir)
+  path.write_bytes(b'\x00' * 64)
+  with pytest.raises(CheckpointError, match='model.safetensors'):
+    load_backbone(hf_dir)
+
+
+def test_missing_source_and_weights_are_named(tmp_path, hf_dir):
+  with pytest.raises(CheckpointError, match='no such file'):
+    load_backbone(tmp_path / 'nowhere')
+  (hf_dir / 'model.safetensors').unlink()
+  with pytest.raises(CheckpointError, match=r'no \*.safetensors or pytorch_model\*.bin weight file'):
+    load_backbone(hf_dir)
+  with pytest.raises(CheckpointError, match='unknown checkpoint format'):
+    load_backbone(hf_dir / 'config.json')
+
+
+def test_corrupt_export_is_refused_and_cli_reports_it(hf_dir, tmp_path):
+  out = tmp_path / 'export'
+  assert _convert(hf_dir, out).returncode == 0
+  meta = json.loads((out / 'stitchjax.json').read_text())
+  meta['config']['dim'] = 48
+  (out / 'stitchjax.json').write_text(json.dumps(meta))
+  with pytest.raises(CheckpointError, match=r"key 'blocks/attn/k/bias' has shape \(3, 32\), expected \(3, 48\)"):
+    load_backbone(out)
+  shutil.rmtree(out / 'params')
+  with pytest.raises(CheckpointError, match='params: cannot restore'):
+    load_backbone(out)
+  result = _convert(out, tmp_path / 'again')
+  assert result.returncode == 1 and 'cannot restore' in result.stderr
+  assert not (tmp_path / 'again').exists()
