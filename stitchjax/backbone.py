@@ -75,8 +75,6 @@ def _dtype_name(dtype) -> str:
 def _with_image_size(fields: dict, params: dict, method: str, image_size: int | None, source) -> tuple[dict, dict]:
   if image_size is None or image_size == fields['image_size']:
     return fields, params
-  if image_size % fields['patch_size']:
-    raise ValueError(f'image_size={image_size} is not a multiple of the patch size {fields["patch_size"]} of {source}')
   fields = fields | {'image_size': image_size}
   if fields.get('pos_embed', 'learned') == 'learned':
     embed = dict(params['embed'])

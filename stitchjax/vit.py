@@ -71,8 +71,8 @@ class ViTConfig:
         (min(self.depth, self.dim, self.heads, self.mlp_dim, self.patch_size, self.image_size) > 0,
          'depth, dim, heads, mlp_dim, patch_size and image_size must be positive'),
         (self.dim % self.heads == 0, f'dim={self.dim} is not divisible by heads={self.heads}'),
-        (self.image_size % self.patch_size == 0,
-         f'image_size={self.image_size} is not a multiple of patch_size={self.patch_size}'),
+        # Like the references' strided patch conv, a remainder of less than a patch is dropped.
+        (self.image_size >= self.patch_size, f'image_size={self.image_size} is smaller than patch_size={self.patch_size}'),
         (self.pos_embed != 'rope' or (self.dim // self.heads) % 4 == 0,
          f'2-D RoPE needs a head dim divisible by 4, got {self.dim // self.heads}'),
         (self.pool != 'cls' or self.cls_token, "pool='cls' needs cls_token=True"),

@@ -105,7 +105,7 @@ def test_config_fields_are_validated():
   base = dict(family='dinov2', depth=2, dim=32, heads=4, mlp_dim=64, patch_size=14, image_size=28)
   vit.ViTConfig(**base)
   for bad, match in [(dict(act='gelu_fancy'), 'act'), (dict(pool='mean'), 'pool'), (dict(heads=5), 'divisible'),
-                     (dict(image_size=30), 'multiple of patch_size'), (dict(cls_token=False), "pool='cls'"),
+                     (dict(image_size=10), 'smaller than patch_size'), (dict(cls_token=False), "pool='cls'"),
                      (dict(dtype='float16'), 'dtype'), (dict(depth=0), 'positive')]:
     with pytest.raises(ValueError, match=match):
       vit.ViTConfig(**(base | bad))
@@ -129,3 +129,18 @@ def test_init_params_have_the_converted_layout(tmp_path):
   fresh = vit.init_params(bb.config, jax.random.key(0))
   assert jax.tree.structure(fresh) == jax.tree.structure(bb.params)
   assert jax.tree.map(jnp.shape, fresh) == jax.tree.map(jnp.shape, bb.params)
+
+
+@pytest.mark.parametrize('name', ['dinov2', 'siglip', 'dinov3'])
+def test_image_size_off_the_patch_grid_drops_the_remainder_like_the_reference(name, tmp_path):
+  model = H.build(name, tmp_path)
+  native = load_backbone(tmp_path).config
+  size = native.image_size + native.patch_size // 2  # e.g. SigLIP So400m/14 runs at 384 = 27 * 14 + 6
+  bb = load_backbone(tmp_path, image_size=size)
+  assert bb.config.grid == native.grid
+  x = H.images(2, size)
+  ref = H.reference(model, x)
+  assert H.rel_err(bb.embed(bb.params, x), ref.hidden_states[0]) <= TOL_F32
+  final, pooled = bb.forward(bb.params, x)
+  assert H.rel_err(final, ref.last) <= TOL_F32
+  assert H.rel_err(pooled, ref.pooled) <= TOL_F32
