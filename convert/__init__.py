@@ -13,9 +13,13 @@ import pathlib
 from convert.common import CheckpointError
 
 
-def load_checkpoint(source) -> tuple[dict, str, dict, dict | None]:
+def load_checkpoint(source, heads: int | None = None) -> tuple[dict, str, dict, dict | None]:
   """Any supported layout -> (ViTConfig fields at native resolution, position resampling method,
-  float32 numpy params, HF preprocessor config or None)."""
+  float32 numpy params, HF preprocessor config or None).
+
+  heads: the attention head count, for torch-hub DINOv2 files of a width other than
+    the released ones (they do not store it); every other layout records it.
+  """
   path = pathlib.Path(source)
   if not path.exists():
     raise CheckpointError(f'{path}: no such file or directory')
@@ -26,7 +30,7 @@ def load_checkpoint(source) -> tuple[dict, str, dict, dict | None]:
     raise CheckpointError(f'{path}: a directory without config.json (transformers) or stitchjax.json (stitchjax export)')
   if path.suffix in ('.pth', '.pt'):
     from convert import torch_hub
-    return torch_hub.load(path)
+    return torch_hub.load(path, heads=heads)
   if path.suffix == '.npz':
     from convert import big_vision
     return big_vision.load(path)

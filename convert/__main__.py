@@ -10,11 +10,13 @@ def main(argv=None) -> int:
   parser.add_argument('src', help='transformers directory, torch-hub .pth, big_vision .npz or stitchjax export')
   parser.add_argument('out', help='output directory (must not exist unless --force)')
   parser.add_argument('--image-size', type=int, default=None, help='resample position embeddings to this size')
+  parser.add_argument('--heads', type=int, default=None,
+                      help='attention heads, for torch-hub DINOv2 .pth files of a non-standard width')
   parser.add_argument('--force', action='store_true', help='replace an existing output directory')
   args = parser.parse_args(argv)
   from stitchjax import backbone
   try:
-    bb = backbone.load_backbone(args.src, image_size=args.image_size)
+    bb = backbone.load_backbone(args.src, image_size=args.image_size, heads=args.heads)
     backbone.save_backbone(bb, args.out, overwrite=args.force)
   except (CheckpointError, ValueError, FileExistsError) as e:
     print(f'error: {e}', file=sys.stderr)

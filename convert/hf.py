@@ -125,9 +125,11 @@ def _first(r: common.Reader, *keys):
   return next((k for k in keys if r.has(k)), keys[0])
 
 
-def _split(r: common.Reader, key: str, targets: list[str]):
+def split(r: common.Reader, key: str, targets: list[str]):
   """One checkpoint tensor that stacks several of ours on its first axis (fused qkv, SwiGLU's w12)."""
   value = r.get(key)
+  if value.ndim not in (1, 2) or len(value) % len(targets):
+    raise r.error(f'key {key!r} has shape {value.shape}, which does not split into {len(targets)} equal parts')
   is_weight = value.ndim == 2
   for target, chunk in zip(targets, np.split(value, len(targets), axis=0)):
     r.set(target + ('/kernel' if is_weight else '/bias'), linear(chunk) if is_weight else chunk, key)
@@ -154,16 +156,16 @@ def _dinov2(r: common.Reader, cfg):
     _norms_and_scales(r, s, o)
     if cfg.mlp == 'gated':
       if r.has(s + 'mlp.weights_in.weight'):  # the hub layout stores gate and up as one matrix
-        _split(r, s + 'mlp.weights_in.weight', [o + 'mlp/gate', o + 'mlp/up'])
-        _split(r, s + 'mlp.weights_in.bias', [o + 'mlp/gate', o + 'mlp/up'])
+        split(r, s + 'mlp.weights_in.weight', [o + 'mlp/gate', o + 'mlp/up'])
+        split(r, s + 'mlp.weights_in.bias', [o + 'mlp/gate', o + 'mlp/up'])
       else:
-        _dense(r, s + 'mlp.gate_proj', o + 'mlp/gate')
-        _dense(r, s + 'mlp.up_proj', o + 'mlp/up')
-      _dense(r, _first(r, s + 'mlp.weights_out.weight', s + 'mlp.down_proj.weight')[:-7], o + 'mlp/fc2')
+        dense(r, s + 'mlp.gate_proj', o + 'mlp/gate')
+        dense(r, s + 'mlp.up_proj', o + 'mlp/up')
+      dense(r, _first(r, s + 'mlp.weights_out.weight', s + 'mlp.down_proj.weight')[:-7], o + 'mlp/fc2')
     else:
-      _dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
-      _dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
-  _norm(r, 'layernorm', 'norm')
+      dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
+      dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
+  norm(r, 'layernorm', 'norm')
 
 
 def _dinov3(r: common.Reader, cfg):
@@ -177,13 +179,13 @@ def _dinov3(r: common.Reader, cfg):
   for i in range(cfg.depth):
     s, o = f'{layer}{i}.', f'blocks/{i}/'
     for ours in 'qkvo':
-      _dense(r, f'{s}attention.{ours}_proj', f'{o}attn/{ours}')
+      dense(r, f'{s}attention.{ours}_proj', f'{o}attn/{ours}')
     _norms_and_scales(r, s, o)
     names = {'gate': 'gate_proj', 'up': 'up_proj', 'fc2': 'down_proj'} if cfg.mlp == 'gated' else \
         {'fc1': 'up_proj', 'fc2': 'down_proj'}
     for ours, name in names.items():
-      _dense(r, f'{s}mlp.{name}', f'{o}mlp/{ours}')
-  _norm(r, 'norm', 'norm')
+      dense(r, f'{s}mlp.{name}', f'{o}mlp/{ours}')
+  norm(r, 'norm', 'norm')
 
 
 def _clip_siglip(r: common.Reader, cfg, arch: str):
@@ -199,16 +201,16 @@ def _clip_siglip(r: common.Reader, cfg, arch: str):
   if cfg.patch_bias:
     r.put('embed/patch/bias', e + 'patch_embedding.bias')
   if cfg.pre_norm:
-    _norm(r, 'pre_layrnorm', 'embed/pre_norm')
+    norm(r, 'pre_layrnorm', 'embed/pre_norm')
   for i in range(cfg.depth):
     s, o = f'encoder.layers.{i}.', f'blocks/{i}/'
     for ours, name in {'q': 'q_proj', 'k': 'k_proj', 'v': 'v_proj', 'o': 'out_proj'}.items():
-      _dense(r, f'{s}self_attn.{name}', f'{o}attn/{ours}')
-    _norm(r, s + 'layer_norm1', o + 'norm1')
-    _norm(r, s + 'layer_norm2', o + 'norm2')
-    _dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
-    _dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
-  _norm(r, 'post_layernorm', 'norm')
+      dense(r, f'{s}self_attn.{name}', f'{o}attn/{ours}')
+    norm(r, s + 'layer_norm1', o + 'norm1')
+    norm(r, s + 'layer_norm2', o + 'norm2')
+    dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
+    dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
+  norm(r, 'post_layernorm', 'norm')
   if cfg.pool == 'map':
     map_head(r, 'head.', 'head/')
 
@@ -217,27 +219,27 @@ def map_head(r: common.Reader, s: str, o: str):
   """SigLIP's attention-pooling head in torch.nn.MultiheadAttention layout."""
   r.put(o + 'probe', s + 'probe', lambda a: a.reshape(1, -1))
   for part in ('in_proj_weight', 'in_proj_bias'):
-    _split(r, s + 'attention.' + part, [o + 'attn/q', o + 'attn/k', o + 'attn/v'])
-  _dense(r, s + 'attention.out_proj', o + 'attn/o')
-  _norm(r, s + 'layernorm', o + 'norm')
-  _dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
-  _dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
+    split(r, s + 'attention.' + part, [o + 'attn/q', o + 'attn/k', o + 'attn/v'])
+  dense(r, s + 'attention.out_proj', o + 'attn/o')
+  norm(r, s + 'layernorm', o + 'norm')
+  dense(r, s + 'mlp.fc1', o + 'mlp/fc1')
+  dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
 
 
-def _dense(r: common.Reader, key: str, ours: str):
+def dense(r: common.Reader, key: str, ours: str):
   r.put(ours + '/kernel', key + '.weight', linear)
   if r.has(key + '.bias'):
     r.put(ours + '/bias', key + '.bias')
 
 
-def _norm(r: common.Reader, key: str, ours: str):
+def norm(r: common.Reader, key: str, ours: str):
   r.put(ours + '/scale', key + '.weight')
   r.put(ours + '/bias', key + '.bias')
 
 
 def _norms_and_scales(r: common.Reader, s: str, o: str):
-  _norm(r, s + 'norm1', o + 'norm1')
-  _norm(r, s + 'norm2', o + 'norm2')
+  norm(r, s + 'norm1', o + 'norm1')
+  norm(r, s + 'norm2', o + 'norm2')
   r.put(o + 'ls1', s + 'layer_scale1.lambda1')
   r.put(o + 'ls2', s + 'layer_scale2.lambda1')
 

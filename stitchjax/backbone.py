@@ -88,18 +88,20 @@ def _family_for_preprocessing(family: str) -> str:
   return 'siglip' if family.startswith('siglip') else family
 
 
-def load_backbone(source, image_size: int | None = None, dtype=jnp.float32) -> Backbone:
+def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, heads: int | None = None) -> Backbone:
   """Loads a checkpoint exactly (or raises CheckpointError naming the file and key).
 
   image_size: run at this resolution; learned position embeddings are resampled as
     the checkpoint's reference implementation does. Default: the checkpoint's own.
   dtype: compute dtype, float32 or bfloat16. Parameters stay float32.
+  heads: attention heads, only for torch-hub DINOv2 files of a non-standard width
+    (the files do not store it).
   """
   path = pathlib.Path(source)
   if path.is_dir() and (path / EXPORT_CONFIG).exists():
     fields, method, params, processor = _read_export(path)
   else:
-    fields, method, params, processor = load_checkpoint(path)
+    fields, method, params, processor = load_checkpoint(path, heads=heads)
   fields, params = _with_image_size(fields, params, method, image_size, path)
   cfg = vit.ViTConfig(**(fields | {'dtype': _dtype_name(dtype)}))
   prep = preprocess_lib.for_family(_family_for_preprocessing(cfg.family), cfg.image_size, processor)
