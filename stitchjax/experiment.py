@@ -1,10 +1,13 @@
 """Jobs that `run.py` runs from a config.
 
+`stitch`: the paper's stitching protocol (stitchjax/protocol.py), then tables and plots.
+`plan`: validate a stitching config and list its cells without computing anything.
+
 `backbones`: load every configured backbone, export it to orbax, reload the export,
 and check the stitching contract on it: splitting the blocks at every layer n and
 composing [0, n) with [n, depth) gives the uninterrupted forward. It reports per-layer
 token norms (where representations change scale, which matters for stitch layers)
-and forward throughput. Stitching jobs arrive with the stitching issue.
+and forward throughput.
 """
 import json
 import os
@@ -31,8 +34,27 @@ INIT_LAYOUTS = {
 }
 
 
+def stitch_job(config):
+  """The paper's protocol over every cell of the config; see stitchjax/protocol.py."""
+  from stitchjax import protocol, report
+  records = protocol.run(config)
+  print(report.write(config.workdir))
+  print(f'{len(records)} records in {pathlib.Path(config.workdir) / "results.json"}; '
+        f'tables in tables.md, plots accuracy_*.png')
+
+
+def plan_job(config):
+  """Validates a stitching config and lists its cells, without loading anything: what `stitch` would run."""
+  from stitchjax import protocol
+  protocol.validate(config)
+  cells = protocol.expand(config)
+  for cell in cells:
+    print(cell.id)
+  print(f'{len(cells)} cells x {len(protocol.as_list(config.train.lrs))} learning rates')
+
+
 def run(config):
-  jobs = {'backbones': backbones_job}
+  jobs = {'backbones': backbones_job, 'stitch': stitch_job, 'plan': plan_job}
   if config.job not in jobs:
     raise ValueError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
   jobs[config.job](config)

@@ -1,0 +1,278 @@
+"""The paper's stitching protocol as resumable cells (paper §3-5, appendix A.2).
+
+A config expands into cells, one per (source, target, layer, method, stitch layer):
+
+- `lp`: a linear probe of each backbone alone on its pooled features (layer None);
+- `lfm` / `ffm`: train the stitch by feature matching (label-free), then linear-probe
+  the stitched model's pooled output; also record the Figure 2 distances on test;
+- `tlt`: train stitch and linear head jointly with cross-entropy;
+- `ffm_tlt`: `tlt` initialised from the `ffm` stitch of the same pair, layer and stitch layer.
+
+Every pair's backbones also get self-stitch cells (source = target). Each training
+stage sweeps the learning rates, trains each with AdamW and early stopping on the
+validation split, and keeps the one with the best validation score; each
+(stage, learning rate) is a unit with its own checkpoints and a `done.json`, so a
+re-run continues where it stopped and never recomputes a finished unit.
+Everything trains from the feature cache: no backbone forward runs in training
+except the target suffix after the stitch.
+"""
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from stitchjax import data as data_lib
+from stitchjax import export, features, objectives, train
+from stitchjax import stitch as stitch_lib
+from stitchjax.backbone import load_backbone
+
+METHODS = ('lp', 'lfm', 'ffm', 'tlt', 'ffm_tlt')
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  source: str
+  target: str
+  layer: int | None
+  method: str
+  stitch_layer: str | None
+
+  @property
+  def id(self) -> str:
+    if self.method == 'lp':
+      return f'lp__{self.source}'
+    return f'{self.source}__{self.target}__L{self.layer}__{self.method}__{self.stitch_layer}'
+
+  def record(self, split: str, metric: str, value: float, **extra) -> dict:
+    return {'source': self.source, 'target': self.target, 'layer': self.layer, 'method': self.method,
+            'stitch_layer': self.stitch_layer, 'split': split, 'metric': metric, 'value': float(value), **extra}
+
+
+def as_list(value) -> list:
+  if isinstance(value, str):
+    return [v for v in value.split(',') if v]
+  return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def pairs(config) -> list[tuple[str, str]]:
+  out = []
+  for p in as_list(config.pairs):
+    pair = tuple(p.split(':')) if isinstance(p, str) else tuple(p)
+    if len(pair) != 2:
+      raise ValueError(f'pairs entry {p!r} is not a (source, target) pair')
+    out.append(pair)
+  return out
+
+
+def expand(config) -> list[Cell]:
+  """Cells in run order: probes, then per pair (self-stitches first) layer x stitch layer x method."""
+  methods = as_list(config.methods)
+  backbones = list(dict.fromkeys(b for pair in pairs(config) for b in pair))
+  cells = [Cell(b, b, None, 'lp', None) for b in backbones] if 'lp' in methods else []
+  stitched = [m for m in methods if m != 'lp']
+  routes = [(b, b) for b in backbones] + [p for p in pairs(config) if p[0] != p[1]]
+  for source, target in routes:
+    for layer in as_list(config.layers):
+      for kind in as_list(config.stitch_layer):
+        cells += [Cell(source, target, int(layer), m, kind) for m in stitched]
+  return list(dict.fromkeys(cells))
+
+
+def validate(config, backbones: dict | None = None) -> None:
+  """Config errors before any compute, each naming its field."""
+  methods = as_list(config.methods)
+  for m in methods:
+    if m not in METHODS:
+      raise ValueError(f'config.methods: unknown method {m!r}; expected some of {METHODS}')
+  for kind in as_list(config.stitch_layer):
+    if kind not in stitch_lib.STITCH_LAYERS:
+      raise ValueError(f'config.stitch_layer: unknown stitch layer {kind!r}; expected {stitch_lib.STITCH_LAYERS}')
+  for source, target in pairs(config):
+    for name in (source, target):
+      if name not in config.backbones:
+        raise ValueError(f'config.pairs: backbone {name!r} is not in config.backbones ({sorted(config.backbones)})')
+  t = config.train
+  for field in ('epochs', 'patience'):
+    if not t[field] > 0:
+      raise ValueError(f'config.train.{field}={t[field]} must be positive')
+  for lr in as_list(t.lrs):
+    if not float(lr) > 0:
+      raise ValueError(f'config.train.lrs: learning rate {lr} must be positive')
+  for method, size in t.batch_size.items():
+    if not size > 0:
+      raise ValueError(f'config.train.batch_size.{method}={size} must be positive')
+    if size % jax.device_count():
+      raise ValueError(f'config.train.batch_size.{method}={size} is not divisible by the {jax.device_count()} devices')
+  for layer in as_list(config.layers):
+    for name, bb in (backbones or {}).items():
+      if not 1 <= int(layer) <= bb.config.depth - 1:
+        raise ValueError(f'config.layers: layer {layer} is outside 1..{bb.config.depth - 1} for backbone {name!r}')
+
+
+def _write_json(path: pathlib.Path, obj) -> None:
+  from stitchjax.experiment import write_atomic
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_atomic(path, json.dumps(obj, indent=1, default=float))
+
+
+class Runner:
+  """Runs cells against one dataset and one set of backbones, sharing the feature cache."""
+
+  def __init__(self, config):
+    self.config = config
+    self.workdir = pathlib.Path(config.workdir)
+    self.placement = train.Placement.data_parallel()
+    self.data = data_lib.load(config.data)
+    self.backbones = {name: load_backbone(spec.path, image_size=spec.get('image_size'), dtype=jnp.dtype(config.dtype))
+                      for name, spec in config.backbones.items()
+                      if any(name in p for p in pairs(config))}
+    validate(config, self.backbones)
+    self.cache = features.Cache(config.get('cache_dir') or self.workdir / 'cache')
+    self.num_classes = len(self.data.classes)
+
+  # Data.
+  def feats(self, name: str, split: str) -> dict:
+    bb = self.backbones[name]
+    return self.cache.tokens(bb, name, self.data.splits[split], split, layers=as_list(self.config.layers),
+                             final=True, pooled=bb.config.pool != 'none', batch_size=self.config.feature_batch_size)
+
+  def labels(self, split: str) -> np.ndarray:
+    return np.asarray(self.data.splits[split].labels, np.int32)
+
+  def batch_size(self, method: str) -> int:
+    sizes = self.config.train.batch_size
+    return int(sizes[method] if method in sizes else sizes['default'])
+
+  # Training stages.
+  def sweep(self, unit: str, loss_fn, score_fn, init, frozen, train_arrays, val_arrays, batch_size) -> tuple:
+    """Trains at every learning rate; returns (params, lr, val score) of the best by validation."""
+    root = self.workdir / 'cells' / unit
+    t = self.config.train
+    done = {}
+    for lr in as_list(t.lrs):
+      lr = float(lr)
+      d = root / f'lr_{lr:g}'
+      if not (d / 'done.json').exists():
+        schedule = train.Schedule(lr=lr, epochs=int(t.epochs), patience=int(t.patience), batch_size=batch_size,
+                                  weight_decay=float(t.weight_decay), seed=int(self.config.seed))
+        params, history = train.fit(loss_fn, score_fn, init, frozen, train_arrays, val_arrays, schedule,
+                                    d / 'ckpt', desc=f'{unit} lr={lr:g}', placement=self.placement)
+        train.save_tree(d / 'params', params)
+        _write_json(d / 'done.json', {'lr': lr, 'val_score': history['best_val_score'], 'history': history})
+      done[lr] = json.loads((d / 'done.json').read_text())['val_score']
+    best = max(done, key=lambda lr: (done[lr], -lr))  # ties go to the smaller learning rate
+    return train.load_tree(root / f'lr_{best:g}' / 'params', init), best, done[best]
+
+  def probe(self, unit: str, feats: dict) -> tuple[dict, float, float]:
+    """Linear probe on fixed features {split: (N, D)}: (test predictions record fields, lr, val accuracy)."""
+    bs = self.batch_size('lp')
+    arrays = {s: {'features': feats[s], 'label': self.labels(s)} for s in ('train', 'val', 'test')}
+    init = {'head': objectives.head_init(feats['train'].shape[-1], self.num_classes)}
+    score = objectives.accuracy_score(objectives.probe_predictions, bs, self.placement.batch)
+    params, lr, val = self.sweep(unit, objectives.probe_loss, score, init, {}, arrays['train'], arrays['val'], bs)
+    pred = objectives.evaluate(objectives.probe_predictions, params, {}, arrays['test'], bs,
+                               self.placement.batch)['prediction']
+    return pred, lr, val
+
+  # Cells.
+  def run(self, cell: Cell) -> list[dict]:
+    out_path = self.workdir / 'cells' / cell.id / 'result.json'
+    if out_path.exists():
+      return json.loads(out_path.read_text())
+    records = self.run_lp(cell) if cell.method == 'lp' else self.run_stitch(cell)
+    _write_json(out_path, records)
+    return records
+
+  def run_lp(self, cell: Cell) -> list[dict]:
+    feats = {s: self.feats(cell.source, s)['pooled'] for s in ('train', 'val', 'test')}
+    pred, lr, val = self.probe(cell.id, feats)
+    self._save_predictions(cell, pred)
+    return [cell.record('val', 'accuracy', val, lr=lr),
+            cell.record('test', 'accuracy', np.mean(pred == self.labels('test')), lr=lr)]
+
+  def _stitched(self, cell: Cell):
+    src, tgt = self.backbones[cell.source], self.backbones[cell.target]
+    spec = stitch_lib.StitchSpec(cell.stitch_layer, src.config, tgt.config, cell.layer,
+                                 lora_rank=int(self.config.lora_rank), dtype=self.config.dtype)
+    frozen = {'target': tgt.params}
+    block = stitch_lib.frozen_block(spec, src.params)
+    if block is not None:
+      frozen['block'] = block
+    init = {'stitch': stitch_lib.init(spec, jax.random.key(int(self.config.seed)), block)}
+    return objectives.Stitched(spec, tgt.config), frozen, init
+
+  def _arrays(self, cell: Cell, split: str) -> dict:
+    s, t = self.feats(cell.source, split), self.feats(cell.target, split)
+    return {'source': s[f'layer_{cell.layer}'], 'target_layer': t[f'layer_{cell.layer}'],
+            'target_final': t['final'], 'label': self.labels(split)}
+
+  def run_stitch(self, cell: Cell) -> list[dict]:
+    model, frozen, init = self._stitched(cell)
+    arrays = {s: self._arrays(cell, s) for s in ('train', 'val', 'test')}
+    if cell.method in ('lfm', 'ffm'):
+      return self._matching(cell, model, frozen, init, arrays)
+    if cell.method == 'ffm_tlt':
+      ffm = dataclasses.replace(cell, method='ffm')
+      init = self._matched_stitch(ffm, model, frozen, init, arrays)[0]
+    bs = self.batch_size('tlt')
+    init = init | {'head': objectives.head_init(model.target.dim, self.num_classes)}
+    score = objectives.accuracy_score(model.predictions, bs, self.placement.batch)
+    params, lr, val = self.sweep(f'{cell.id}/tlt', model.tlt_loss, score, init, frozen, arrays['train'],
+                                 arrays['val'], bs)
+    pred = objectives.evaluate(model.predictions, params, frozen, arrays['test'], bs, self.placement.batch)
+    self._save_predictions(cell, pred['prediction'])
+    if cell.method in as_list(self.config.export):
+      self._export(cell, model.spec, params)
+    return [cell.record('val', 'accuracy', val, lr=lr),
+            cell.record('test', 'accuracy', np.mean(pred['prediction'] == self.labels('test')), lr=lr)]
+
+  def _matched_stitch(self, cell: Cell, model, frozen, init, arrays):
+    """The feature-matching stage of `cell` (lfm or ffm); shared by ffm and ffm_tlt cells."""
+    loss = model.lfm_loss if cell.method == 'lfm' else model.ffm_loss
+    bs = self.batch_size(cell.method)
+    score = objectives.loss_score(loss, bs, self.placement.batch)
+    return self.sweep(f'{cell.id}/match', loss, score, init, frozen, arrays['train'], arrays['val'], bs)
+
+  def _matching(self, cell, model, frozen, init, arrays) -> list[dict]:
+    params, lr, val = self._matched_stitch(cell, model, frozen, init, arrays)
+    bs = self.batch_size(cell.method)
+    dist = objectives.evaluate(model.distances, params, frozen, arrays['test'], bs, self.placement.batch)
+    pooled = {s: objectives.evaluate(model.features, params, frozen, arrays[s], bs, self.placement.batch)['features']
+              for s in ('train', 'val', 'test')}
+    pred, probe_lr, probe_val = self.probe(f'{cell.id}/probe', pooled)
+    self._save_predictions(cell, pred)
+    extra = dict(lr=probe_lr, stitch_lr=lr)
+    return [cell.record('val', 'match_loss', -val, lr=lr),
+            cell.record('test', 'layer_distance', dist['layer_distance'].mean(), lr=lr),
+            cell.record('test', 'final_distance', dist['final_distance'].mean(), lr=lr),
+            cell.record('val', 'accuracy', probe_val, **extra),
+            cell.record('test', 'accuracy', np.mean(pred == self.labels('test')), **extra)]
+
+  def _export(self, cell: Cell, spec, params) -> None:
+    sources = {}
+    for role, name in (('source', cell.source), ('target', cell.target)):
+      bb_spec = self.config.backbones[name]
+      sources[role] = {'path': str(pathlib.Path(bb_spec.path).absolute()), 'image_size': bb_spec.get('image_size'),
+                       'digest': self.cache.backbone_digest(self.backbones[name])}
+    export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources)
+
+  def _save_predictions(self, cell: Cell, pred: np.ndarray) -> None:
+    """Per-example test predictions, for the prediction analyses of appendix B."""
+    path = self.workdir / 'cells' / cell.id / 'test_predictions.npy'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(pred, np.int32))
+
+
+def run(config) -> list[dict]:
+  """Runs every cell of the config (resuming finished ones) and returns all records."""
+  validate(config)
+  runner = Runner(config)
+  records = []
+  for cell in tqdm(expand(config), desc='cells', unit='cell'):
+    records += runner.run(cell)
+  _write_json(runner.workdir / 'results.json', records)
+  return records

@@ -1,0 +1,131 @@
+"""Tables in the layouts of the paper's Tables 1, 2 and 4, and accuracy-per-layer plots (Figures 3-5).
+
+All of it is derived from `results.json` records, so a report can be rebuilt from a
+finished workdir: `python -c "import stitchjax.report as r; r.write('workdir')"`.
+"""
+import json
+import pathlib
+
+PAIR_ARROW = '→'
+
+
+def _test_acc(records, **match) -> dict:
+  """(source, target, layer) -> test accuracy of the records matching `match`."""
+  return {(r['source'], r['target'], r['layer']): r['value'] for r in records
+          if r['split'] == 'test' and r['metric'] == 'accuracy' and all(r.get(k) == v for k, v in match.items())}
+
+
+def _layers(records) -> list[int]:
+  return sorted({r['layer'] for r in records if r['layer'] is not None})
+
+
+def _pct(v) -> str:
+  return '–' if v is None else f'{100 * v:.1f}'
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+  lines = [f'### {title}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def _routes(records) -> list[tuple[str, str]]:
+  seen = [(r['source'], r['target']) for r in records if r['layer'] is not None]
+  return list(dict.fromkeys(seen))
+
+
+def table1(records, stitch_layer: str) -> str:
+  """TLT from a random stitch (init None) against TLT from the FFM stitch, per layer."""
+  layers = _layers(records)
+  rows = []
+  for s, t in _routes(records):
+    for init, method in (('None', 'tlt'), ('FFM', 'ffm_tlt')):
+      acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
+      if any((s, t, l) in acc for l in layers):
+        rows.append([f'{s}{PAIR_ARROW}{t}', init] + [_pct(acc.get((s, t, l))) for l in layers])
+  return _table(f'Table 1: task-loss training with and without FFM initialisation ({stitch_layer}), test accuracy %',
+                ['pair', 'init'] + [f'L{l}' for l in layers], rows)
+
+
+def table2(records, stitch_layer: str, method: str = 'ffm_tlt') -> str:
+  """Stitched against self-stitched models per layer, with each backbone's linear probe."""
+  layers = _layers(records)
+  acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
+  lp = _test_acc(records, method='lp')
+  rows = [[f'{s}{PAIR_ARROW}{t}' + (' (self)' if s == t else '')] + [_pct(acc.get((s, t, l))) for l in layers]
+          for s, t in _routes(records) if any((s, t, l) in acc for l in layers)]
+  rows += [[f'{s} linear probe'] + [_pct(v)] * len(layers) for (s, _, _), v in lp.items()]
+  return _table(f'Table 2: stitched vs self-stitched ({method}, {stitch_layer}), test accuracy %',
+                ['model'] + [f'L{l}' for l in layers], rows)
+
+
+def table4(records, stitch_layer: str) -> str:
+  """Layer against final feature matching: linear-probe accuracy of the stitched model per layer."""
+  layers = _layers(records)
+  rows = []
+  for method, name in (('lfm', 'Layer Feature Matching'), ('ffm', 'Final Feature Matching')):
+    acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
+    rows += [[name, f'{s}{PAIR_ARROW}{t}'] + [_pct(acc.get((s, t, l))) for l in layers]
+             for s, t in _routes(records) if any((s, t, l) in acc for l in layers)]
+  return _table(f'Table 4: LFM vs FFM, linear probe of the stitched model ({stitch_layer}), test accuracy %',
+                ['method', 'pair'] + [f'L{l}' for l in layers], rows)
+
+
+def distances_table(records, stitch_layer: str) -> str:
+  """The paper's Figure 2 as numbers: mean feature distance at the stitch point and at the final layer."""
+  layers = _layers(records)
+  rows = []
+  for method in ('lfm', 'ffm'):
+    for metric in ('layer_distance', 'final_distance'):
+      vals = {(r['source'], r['target'], r['layer']): r['value'] for r in records
+              if r['method'] == method and r['metric'] == metric and r['stitch_layer'] == stitch_layer}
+      rows += [[method.upper(), metric.replace('_', ' '), f'{s}{PAIR_ARROW}{t}']
+               + [f'{vals[(s, t, l)]:.3g}' if (s, t, l) in vals else '–' for l in layers]
+               for s, t in _routes(records) if any((s, t, l) in vals for l in layers)]
+  return _table(f'Figure 2: feature distances on the test split ({stitch_layer})',
+                ['method', 'distance', 'pair'] + [f'L{l}' for l in layers], rows)
+
+
+def plot(records, path: pathlib.Path, stitch_layer: str) -> None:
+  """Accuracy against stitch layer: one panel per pair, a line per method, probes as horizontal lines."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  routes = [r for r in _routes(records) if r[0] != r[1]] or _routes(records)
+  if not routes:
+    return
+  fig, axes = plt.subplots(1, len(routes), figsize=(4.5 * len(routes), 3.6), squeeze=False)
+  lp = _test_acc(records, method='lp')
+  for ax, (s, t) in zip(axes[0], routes):
+    for method in ('lfm', 'ffm', 'tlt', 'ffm_tlt'):
+      for route, style in (((s, t), '-o'), ((t, t), ':x')):
+        acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
+        pts = sorted((l, 100 * v) for (a, b, l), v in acc.items() if (a, b) == route)
+        if pts:
+          label = method if route == (s, t) else f'{method} self ({t}{PAIR_ARROW}{t})'
+          ax.plot(*zip(*pts), style, label=label)
+    for (b, _, _), v in lp.items():
+      if b in (s, t):
+        ax.axhline(100 * v, ls='--', lw=1, color='gray' if b == s else 'black', label=f'{b} linear probe')
+    ax.set(title=f'{s}{PAIR_ARROW}{t} ({stitch_layer})', xlabel='stitch layer', ylabel='test accuracy (%)')
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write(workdir) -> str:
+  """Writes tables.md and accuracy_<stitch layer>.png from workdir/results.json; returns the tables."""
+  from stitchjax.experiment import write_atomic
+  workdir = pathlib.Path(workdir)
+  records = json.loads((workdir / 'results.json').read_text())
+  kinds = list(dict.fromkeys(r['stitch_layer'] for r in records if r['stitch_layer']))
+  parts = []
+  for kind in kinds:
+    parts += [table1(records, kind), table2(records, kind), table4(records, kind), distances_table(records, kind)]
+    plot(records, workdir / f'accuracy_{kind}.png', kind)
+  if not kinds:
+    parts.append(table2(records, 'none'))
+  text = '\n'.join(parts)
+  write_atomic(workdir / 'tables.md', text)
+  return text

@@ -1,0 +1,156 @@
+"""The stitching protocol end to end on tiny random transformers backbones and a tiny image-folder task."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hf_models as H
+from stitchjax import config_lib, experiment, load_stitched, protocol, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CLASSES = ('red', 'green', 'blue')
+
+
+def _image_folder(root: pathlib.Path, per_class: dict) -> None:
+  """Colour-coded classes with noise: learnable, but only through the backbone features."""
+  rng = np.random.default_rng(0)
+  for split, n in per_class.items():
+    for c, name in enumerate(CLASSES):
+      d = root / split / name
+      d.mkdir(parents=True)
+      for i in range(n):
+        img = rng.integers(0, 120, (40, 48, 3)).astype(np.uint8)
+        img[..., c] += 120
+        Image.fromarray(img).save(d / f'{i}.png')
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp('protocol')
+  H.build('dinov2_registers', root / 'dinov2')
+  H.build('siglip', root / 'siglip')
+  _image_folder(root / 'data', {'train': 12, 'test': 4})
+  c = config_lib.stitching(str(root / 'work'), dict(kind='image_folder', root=str(root / 'data'), val_fraction=0.25,
+                                                    seed=0),
+                           backbones={'dinov2': {'path': str(root / 'dinov2'), 'image_size': 42},
+                                      'siglip': {'path': str(root / 'siglip'), 'image_size': 32}})
+  c.pairs = 'dinov2:siglip'
+  c.layers = '1'
+  c.dtype = 'float32'
+  c.train.epochs, c.train.patience, c.train.lrs = 3, 2, '0.01'
+  c.train.batch_size = {'lfm': 8, 'default': 8}
+  c.feature_batch_size = 8
+  c.export = 'tlt,ffm_tlt'
+  experiment.run(c)
+  return c, root
+
+
+def test_every_cell_is_recorded(setup):
+  config, _ = setup
+  records = json.loads((pathlib.Path(config.workdir) / 'results.json').read_text())
+  keys = {(r['source'], r['target'], r['layer'], r['method']) for r in records if r['metric'] == 'accuracy'}
+  assert ('dinov2', 'dinov2', None, 'lp') in keys and ('siglip', 'siglip', None, 'lp') in keys
+  for route in (('dinov2', 'dinov2'), ('siglip', 'siglip'), ('dinov2', 'siglip')):  # with both self-stitches
+    for method in ('lfm', 'ffm', 'tlt', 'ffm_tlt'):
+      assert (*route, 1, method) in keys
+  for r in records:
+    assert set(r) >= {'source', 'target', 'layer', 'method', 'stitch_layer', 'split', 'metric', 'value'}
+    if r['metric'] == 'accuracy':
+      assert 0.0 <= r['value'] <= 1.0
+  distances = [r for r in records if r['metric'] in ('layer_distance', 'final_distance')]
+  assert {r['method'] for r in distances} == {'lfm', 'ffm'} and all(r['split'] == 'test' for r in distances)
+  tables = (pathlib.Path(config.workdir) / 'tables.md').read_text()
+  for title in ('Table 1', 'Table 2', 'Table 4', 'Figure 2'):
+    assert title in tables
+  assert (pathlib.Path(config.workdir) / 'accuracy_mlp.png').stat().st_size > 1000
+
+
+def test_rerun_computes_nothing(setup, monkeypatch):
+  config, _ = setup
+  before = (pathlib.Path(config.workdir) / 'results.json').read_text()
+  monkeypatch.setattr(train, 'fit', lambda *a, **k: pytest.fail('a finished unit was retrained'))
+  experiment.run(config)
+  assert (pathlib.Path(config.workdir) / 'results.json').read_text() == before
+
+
+def test_an_interrupted_cell_resumes_to_the_same_result(setup):
+  config, _ = setup
+  work = pathlib.Path(config.workdir)
+  cell = 'dinov2__siglip__L1__ffm_tlt__mlp'
+  before = json.loads((work / 'cells' / cell / 'result.json').read_text())
+  # As if killed after the second epoch: drop the finished marks and the last epoch's checkpoint.
+  (work / 'cells' / cell / 'result.json').unlink()
+  unit = work / 'cells' / cell / 'tlt' / 'lr_0.01'
+  (unit / 'done.json').unlink()
+  steps = sorted(int(p.name) for p in (unit / 'ckpt').iterdir() if p.name.isdigit())
+  import shutil
+  shutil.rmtree(unit / 'ckpt' / str(steps[-1]))
+  experiment.run(config)
+  assert json.loads((work / 'cells' / cell / 'result.json').read_text()) == before
+
+
+def test_export_reloads_and_reproduces_predictions(setup):
+  config, root = setup
+  work = pathlib.Path(config.workdir)
+  cell = 'dinov2__siglip__L1__tlt__mlp'
+  model = load_stitched(work / 'exports' / cell)
+  assert model.classes == sorted(CLASSES)  # image folders: sorted class names
+  from stitchjax import data as data_lib
+  test = data_lib.load(config.data).splits['test']
+  logits = model.logits([test.image(i) for i in range(len(test))])
+  np.testing.assert_array_equal(logits.argmax(-1), np.load(work / 'cells' / cell / 'test_predictions.npy'))
+
+
+def test_plan_job_and_command_line_overrides():
+  result = subprocess.run([sys.executable, 'run.py', '--config', 'configs/fmow.py', '--config.job=plan',
+                           '--config.layers=14,22', '--config.pairs=dinov2:clip', '--config.methods=lp,ffm_tlt'],
+                          cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert 'lp__clip' in lines and 'dinov2__clip__L22__ffm_tlt__mlp' in lines and 'clip__clip__L14__ffm_tlt__mlp' in lines
+  assert not any('siglip2' in line or 'L2_' in line for line in lines)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('pairs', 'dinov2:dinov9', "backbone 'dinov9' is not in config.backbones"),
+    ('methods', 'lp,lfmm', "unknown method 'lfmm'"),
+    ('stitch_layer', 'conv', "unknown stitch layer 'conv'"),
+    ('train.lrs', '0.01,-1', 'learning rate -1 must be positive'),
+])
+def test_config_errors_name_the_field(field, value, match):
+  config = config_lib.stitching('unused', {'kind': 'image_folder', 'root': 'unused'})
+  target = config
+  for part in field.split('.')[:-1]:
+    target = target[part]
+  target[field.split('.')[-1]] = value
+  with pytest.raises(ValueError, match=match):
+    protocol.validate(config)
+
+
+def test_eight_devices_give_the_same_losses_as_one():
+  script = r'''
+import json, sys, jax, numpy as np
+sys.path.insert(0, 'tests')
+from test_stitch import _tiny_problem
+from stitchjax import objectives, train
+model, frozen, init, arrays = _tiny_problem('ffm_loss')
+sched = train.Schedule(lr=1e-2, epochs=3, patience=3, batch_size=16)
+placement = train.Placement.data_parallel() if jax.device_count() > 1 else train.Placement()
+_, h = train.fit(model.ffm_loss, objectives.loss_score(model.ffm_loss, 16, placement.batch), init, frozen,
+                 arrays, arrays, sched, placement=placement)
+print(json.dumps([jax.device_count(), h['train_loss']]))
+'''
+  out = {}
+  for n in (1, 8):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}', JAX_PLATFORMS='cpu')
+    result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    devices, losses = json.loads(result.stdout.strip().splitlines()[-1])
+    assert devices == n
+    out[n] = losses
+  np.testing.assert_allclose(out[8], out[1], rtol=1e-5)

@@ -1,0 +1,136 @@
+"""Stitch layers, token alignment for every prefix-token combination, and frozen backbones."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stitchjax import objectives, train, vit
+from stitchjax import stitch as stitch_lib
+
+PREFIXES = {'cls': dict(cls_token=True, num_registers=0), 'cls+registers': dict(cls_token=True, num_registers=3),
+            'none': dict(cls_token=False, num_registers=0, pool='map')}
+
+
+def config(prefix: str, dim=16, grid=3, family='test', **kw):
+  return vit.ViTConfig(family=family, depth=3, dim=dim, heads=2, mlp_dim=2 * dim, patch_size=4,
+                       image_size=4 * grid, **(PREFIXES[prefix] | kw))
+
+
+def identity_linear(spec, params):
+  d = spec.target.dim
+  return params | {'linear': {'kernel': jnp.eye(d), 'bias': jnp.zeros(d)}}
+
+
+@pytest.mark.parametrize('src,tgt', list(itertools.product(PREFIXES, PREFIXES)))
+def test_alignment_rule_for_every_prefix_combination(src, tgt):
+  s, t = config(src), config(tgt)
+  spec = stitch_lib.StitchSpec('linear', s, t, layer=1)
+  params = identity_linear(spec, stitch_lib.init(spec, jax.random.key(0)))
+  x = jax.random.normal(jax.random.key(1), (2, s.num_tokens, s.dim))
+  y = stitch_lib.apply(spec, params, x)
+  assert y.shape == (2, t.num_tokens, t.dim)
+  patches = x[:, s.num_prefix_tokens:]
+  np.testing.assert_allclose(y[:, t.num_prefix_tokens:], patches, atol=1e-6)  # patches 1:1, same grid
+  if t.cls_token:  # CLS from the source CLS, else the mean of the source patches
+    np.testing.assert_allclose(y[:, 0], x[:, 0] if s.cls_token else patches.mean(1), atol=1e-6)
+  if t.num_registers:
+    registers = y[:, int(t.cls_token):t.num_prefix_tokens]
+    if s.num_registers == t.num_registers:  # registers map 1:1 when the counts agree
+      np.testing.assert_allclose(registers, x[:, 1:1 + s.num_registers], atol=1e-6)
+      assert 'registers' not in params
+    else:  # otherwise they are learned, the same for every image
+      np.testing.assert_allclose(registers, jnp.broadcast_to(params['registers'], registers.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize('old,new', [(4, 2), (3, 5)])
+def test_patch_grids_that_differ_are_resampled(old, new):
+  import torch
+  s, t = config('cls', grid=old), config('cls', grid=new)
+  spec = stitch_lib.StitchSpec('linear', s, t, layer=1)
+  params = identity_linear(spec, stitch_lib.init(spec, jax.random.key(0)))
+  x = jax.random.normal(jax.random.key(1), (2, s.num_tokens, 16))
+  y = stitch_lib.apply(spec, params, x)
+  assert y.shape == (2, 1 + new * new, 16)
+  # The documented rule, checked against torch's antialiased bilinear interpolation.
+  grid = torch.from_numpy(np.array(x[:, 1:])).reshape(2, old, old, 16).permute(0, 3, 1, 2)
+  ref = torch.nn.functional.interpolate(grid, size=(new, new), mode='bilinear', antialias=True, align_corners=False)
+  np.testing.assert_allclose(y[:, 1:], ref.permute(0, 2, 3, 1).reshape(2, new * new, 16).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', stitch_lib.STITCH_LAYERS)
+def test_stitch_layers_change_dims(kind):
+  s, t = config('cls', dim=16), config('none', dim=24)
+  spec = stitch_lib.StitchSpec(kind, s, t, layer=1, lora_rank=2)
+  block = stitch_lib.frozen_block(spec, vit.init_params(s, jax.random.key(0)))
+  params = stitch_lib.init(spec, jax.random.key(1), block)
+  y = stitch_lib.apply(spec, params, jnp.ones((2, s.num_tokens, 16)), block)
+  assert y.shape == (2, t.num_tokens, 24)
+  if kind == 'mlp':
+    assert params['fc1']['kernel'].shape == (16, 24)  # hidden width = target dim (LLaVA-1.5 projector)
+
+
+def test_lora_starts_as_the_frozen_source_block():
+  s = config('cls+registers')
+  src_params = vit.init_params(s, jax.random.key(0))
+  spec = stitch_lib.StitchSpec('lora', s, s, layer=1, lora_rank=2)
+  block = stitch_lib.frozen_block(spec, src_params)
+  params = stitch_lib.init(spec, jax.random.key(1), block)
+  assert {k.split('_')[-1] for k in params['lora']} == {'a', 'b'} and len(params['lora']) == 2 * 6
+  x = jax.random.normal(jax.random.key(2), (2, s.num_tokens, s.dim))
+  np.testing.assert_allclose(stitch_lib.apply(spec, params, x, block), vit.blocks(s, src_params, x, 1, 2),
+                             atol=1e-5)
+
+
+def test_spec_errors_name_the_field():
+  s = config('cls')
+  with pytest.raises(ValueError, match="stitch_layer='conv'"):
+    stitch_lib.StitchSpec('conv', s, s, layer=1)
+  with pytest.raises(ValueError, match='layer=3 is outside 1..2 for the source'):
+    stitch_lib.StitchSpec('mlp', s, s, layer=3)
+
+
+def _tiny_problem(method_loss: str, seed=0):
+  s, t = config('cls', dim=16), config('none', dim=16)
+  sp, tp = vit.init_params(s, jax.random.key(seed)), vit.init_params(t, jax.random.key(seed + 1))
+  spec = stitch_lib.StitchSpec('mlp', s, t, layer=1)
+  model = objectives.Stitched(spec, t)
+  rng = np.random.default_rng(seed)
+  images = rng.standard_normal((64, s.image_size, s.image_size, 3)).astype(np.float32)
+  arrays = {'source': np.asarray(vit.blocks(s, sp, vit.embed(s, sp, images), 0, 1)),
+            'target_layer': np.asarray(vit.blocks(t, tp, vit.embed(t, tp, images), 0, 1)),
+            'label': rng.integers(0, 3, 64).astype(np.int32)}
+  arrays['target_final'] = np.asarray(vit.final(t, tp, vit.blocks(t, tp, arrays['target_layer'], 1, 3)))
+  init = {'stitch': stitch_lib.init(spec, jax.random.key(2))}
+  if method_loss == 'tlt_loss':
+    init['head'] = objectives.head_init(t.dim, 3)
+  return model, {'target': tp}, init, arrays
+
+
+@pytest.mark.parametrize('loss', ['lfm_loss', 'ffm_loss', 'tlt_loss'])
+def test_each_objective_lowers_its_loss_and_never_touches_the_backbone(loss):
+  model, frozen, init, arrays = _tiny_problem(loss)
+  loss_fn = getattr(model, loss)
+  before = jax.tree.map(np.array, frozen)
+  batch = next(train.batches(arrays, 64, seed=None))
+  # The gradient has the trainable structure only: no pytree of backbone gradients is ever built.
+  grads = jax.eval_shape(jax.grad(loss_fn), init, frozen, batch)
+  assert jax.tree.structure(grads) == jax.tree.structure(init)
+  score = objectives.loss_score(loss_fn, 32)
+  params, history = train.fit(loss_fn, score, init, frozen, arrays, arrays,
+                              train.Schedule(lr=1e-2, epochs=15, patience=15, batch_size=32))
+  initial, trained = float(loss_fn(init, frozen, batch)), float(loss_fn(params, frozen, batch))
+  assert trained < 0.75 * initial
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, frozen))
+
+
+def test_ffm_reaches_a_lower_final_distance_than_lfm():
+  model, frozen, init, arrays = _tiny_problem('ffm_loss')
+  final = {}
+  for name in ('lfm_loss', 'ffm_loss'):
+    loss_fn = getattr(model, name)
+    params, _ = train.fit(loss_fn, objectives.loss_score(loss_fn, 32), init, frozen, arrays, arrays,
+                          train.Schedule(lr=3e-3, epochs=20, patience=20, batch_size=32))
+    final[name] = objectives.evaluate(model.distances, params, frozen, arrays, 32)['final_distance'].mean()
+  assert final['ffm_loss'] < final['lfm_loss']
