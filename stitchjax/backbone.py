@@ -12,10 +12,7 @@ a directory written by `save_backbone` / `python -m convert`.
 import dataclasses
 import functools
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +20,7 @@ import numpy as np
 
 from convert import common, load_checkpoint, resample
 from convert.common import CheckpointError
+from stitchjax import atomic
 from stitchjax import preprocess as preprocess_lib
 from stitchjax import vit
 
@@ -114,19 +112,11 @@ def save_backbone(bb: Backbone, out, overwrite: bool = False) -> None:
   out = pathlib.Path(out).absolute()
   if out.exists() and not overwrite:
     raise FileExistsError(f'{out} exists; pass overwrite=True (--force) to replace it')
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
-  try:
+  with atomic.directory(out) as tmp:
     ocp.PyTreeCheckpointer().save(tmp / EXPORT_PARAMS, jax.tree.map(np.asarray, bb.params))
     meta = {'format_version': FORMAT_VERSION, 'config': bb.config.to_dict() | {'dtype': 'float32'},
             'position_resampling': bb.position_resampling, 'processor_config': bb.processor_config}
     (tmp / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
 
 
 def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:

@@ -40,4 +40,5 @@ def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES) -> ml
   c.feature_batch_size = 64
   c.cache_dir = ''  # default: <workdir>/cache
   c.export = 'ffm_tlt'
+  c.distributed = False  # True: jax.distributed.initialize() first (one process per host)
   return c

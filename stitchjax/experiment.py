@@ -10,16 +10,14 @@ token norms (where representations change scale, which matters for stitch layers
 and forward throughput.
 """
 import json
-import os
 import pathlib
-import tempfile
 import time
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from stitchjax import backbone, preprocess, vit
+from stitchjax import atomic, backbone, preprocess, vit
 
 # Small seeded-random layouts for 'init:<family>' paths: plumbing checks, never presented as VFMs.
 INIT_LAYOUTS = {
@@ -73,16 +71,6 @@ def load(name: str, spec, seed: int) -> backbone.Backbone:
   return backbone.Backbone(cfg, params, preprocess.for_family(family, cfg.image_size))
 
 
-def write_atomic(path: pathlib.Path, text: str) -> None:
-  """Temp file, fsync, rename: a reader never sees half a file, even after a kill."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _inspect(bb: backbone.Backbone, images: np.ndarray, batch_size: int) -> dict:
   cfg, params = bb.config, bb.params
   norms = np.zeros(cfg.depth + 1)
@@ -122,12 +110,12 @@ def backbones_job(config):
                     'dim': c.dim, 'patch_size': c.patch_size, 'image_size': c.image_size,
                     'num_prefix_tokens': c.num_prefix_tokens, 'random_init': str(spec.path).startswith('init:'),
                     **_inspect(bb, images, config.batch_size)})
-  write_atomic(workdir / 'backbones.json', json.dumps(results, indent=2))
+  atomic.write_text(workdir / 'backbones.json', json.dumps(results, indent=2))
   lines = ['| backbone | family | depth | dim | image | prefix tokens | split err | img/s | random init |',
            '|---|---|---|---|---|---|---|---|---|']
   lines += [f"| {r['name']} | {r['family']} | {r['depth']} | {r['dim']} | {r['image_size']} | {r['num_prefix_tokens']} "
             f"| {r['max_split_rel_err']:.1e} | {r['images_per_s']} | {'yes' if r['random_init'] else 'no'} |"
             for r in results]
-  write_atomic(workdir / 'backbones.md', '\n'.join(lines) + '\n')
+  atomic.write_text(workdir / 'backbones.md', '\n'.join(lines) + '\n')
   print('\n'.join(lines))
   print(f'\nwrote {workdir / "backbones.json"} and exports under {workdir / "backbones"}')

@@ -11,15 +11,13 @@ with a digest of their parameters. The backbones are not copied (a ViT-L pair is
 """
 import dataclasses
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stitchjax import atomic
 from stitchjax import backbone as backbone_lib
 from stitchjax import features, objectives, train
 from stitchjax import stitch as stitch_lib
@@ -55,20 +53,11 @@ _logits = jax.jit(_forward, static_argnums=0)
 
 def save_stitched(out, spec: stitch_lib.StitchSpec, params: dict, classes: list, sources: dict) -> None:
   """sources: {'source': {'path', 'image_size', 'digest'}, 'target': {...}}; written atomically."""
-  out = pathlib.Path(out).absolute()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
-  try:
+  with atomic.directory(out) as tmp:
     train.save_tree(tmp / 'params', params)
     meta = {'format_version': FORMAT_VERSION, 'kind': spec.kind, 'layer': spec.layer, 'lora_rank': spec.lora_rank,
             'dtype': spec.dtype, 'classes': list(classes), 'backbones': sources}
     (tmp / 'stitched.json').write_text(json.dumps(meta, indent=2))
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
 
 
 def load_stitched(directory) -> StitchedClassifier:

@@ -17,10 +17,8 @@ forward at all; `ffm`/`tlt` run only the stitch, the target suffix and the head.
 """
 import hashlib
 import json
-import os
 import pathlib
 import shutil
-import tempfile
 import warnings
 
 import jax
@@ -28,6 +26,7 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
+from stitchjax import atomic
 from stitchjax import data as data_lib
 
 BF16 = ml_dtypes.bfloat16
@@ -115,8 +114,7 @@ class Cache:
       shapes['final'] = (n, cfg.num_tokens, cfg.dim)
     if pooled:
       shapes['pooled'] = (n, cfg.dim)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{entry.name}.', dir=self.root))
-    try:
+    with atomic.directory(entry) as tmp:
       out = {k: np.lib.format.open_memmap(tmp / f'{k}.npy', mode='w+', dtype=np.uint16, shape=s)
              for k, s in shapes.items()}
       stops = [*layers, cfg.depth] if (final or pooled) else list(layers)
@@ -138,13 +136,4 @@ class Cache:
         a.flush()
         del a
         meta['arrays'][k] = {'shape': list(shapes[k]), 'sha256': _file_sha256(tmp / f'{k}.npy')}
-      with open(tmp / 'meta.json', 'w') as f:
-        json.dump(meta, f)
-        f.flush()
-        os.fsync(f.fileno())
-      if entry.exists():
-        shutil.rmtree(entry)
-      os.replace(tmp, entry)
-    finally:
-      if tmp.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
+      atomic.write_text(tmp / 'meta.json', json.dumps(meta))

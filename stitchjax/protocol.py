@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stitchjax import data as data_lib
-from stitchjax import export, features, objectives, train
+from stitchjax import atomic, export, features, objectives, train
 from stitchjax import stitch as stitch_lib
 from stitchjax.backbone import load_backbone
 
@@ -114,9 +114,7 @@ def validate(config, backbones: dict | None = None) -> None:
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
-  from stitchjax.experiment import write_atomic
-  path.parent.mkdir(parents=True, exist_ok=True)
-  write_atomic(path, json.dumps(obj, indent=1, default=float))
+  atomic.write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 class Runner:

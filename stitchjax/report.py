@@ -6,6 +6,8 @@ finished workdir: `python -c "import stitchjax.report as r; r.write('workdir')"`
 import json
 import pathlib
 
+from stitchjax import atomic
+
 PAIR_ARROW = '→'
 
 
@@ -116,7 +118,6 @@ def plot(records, path: pathlib.Path, stitch_layer: str) -> None:
 
 def write(workdir) -> str:
   """Writes tables.md and accuracy_<stitch layer>.png from workdir/results.json; returns the tables."""
-  from stitchjax.experiment import write_atomic
   workdir = pathlib.Path(workdir)
   records = json.loads((workdir / 'results.json').read_text())
   kinds = list(dict.fromkeys(r['stitch_layer'] for r in records if r['stitch_layer']))
@@ -127,5 +128,5 @@ def write(workdir) -> str:
   if not kinds:
     parts.append(table2(records, 'none'))
   text = '\n'.join(parts)
-  write_atomic(workdir / 'tables.md', text)
+  atomic.write_text(workdir / 'tables.md', text)
   return text

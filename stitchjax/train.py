@@ -48,9 +48,17 @@ class Placement:
     return cls(jax.make_mesh((jax.device_count(),), ('data',)))
 
   def batch(self, batch):
+    """A global batch (every host holds the same rows) -> arrays sharded over the 'data' axis."""
     if self.mesh is None:
       return batch
-    return jax.device_put(batch, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data')))
+    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
+    if jax.process_count() == 1:
+      return jax.device_put(batch, sharding)
+    # Multi-host: each process contributes its contiguous slice of the (identically ordered) batch.
+    def local(x):
+      n, i = x.shape[0] // jax.process_count(), jax.process_index()
+      return jax.make_array_from_process_local_data(sharding, x[i * n:(i + 1) * n], x.shape)
+    return jax.tree.map(local, batch)
 
   def replicate(self, tree):
     if self.mesh is None:
@@ -114,7 +122,9 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
   bar = tqdm(total=schedule.epochs, initial=int(state.epoch), desc=desc, unit='epoch', leave=False)
   while int(state.epoch) < schedule.epochs and int(state.bad_epochs) < schedule.patience:
     losses = []
-    for batch in batches(train, schedule.batch_size, seed=schedule.seed, epoch=int(state.epoch)):
+    steps = tqdm(batches(train, schedule.batch_size, seed=schedule.seed, epoch=int(state.epoch)), desc='steps',
+                 total=-(-len(next(iter(train.values()))) // schedule.batch_size), unit='step', leave=False)
+    for batch in steps:
       state, loss = step(state, frozen, placement.batch(batch))
       losses.append(loss)
     train_loss = float(jnp.mean(jnp.stack(losses)))
