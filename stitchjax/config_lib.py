@@ -10,7 +10,16 @@ Fields (all overridable: `--config.layers=14,22 --config.backbones.dinov2.path=/
 - dtype: compute dtype of backbones and stitch (parameters stay float32);
 - export: the methods whose trained stitched classifiers are exported for load_stitched.
 """
+import pathlib
+
 import ml_collections
+
+# The project's own mini-VFMs (stitchjax/assets/mini, made by configs/pretrain_mini.py): not real VFMs.
+MINI_DIR = pathlib.Path(__file__).parent / 'assets' / 'mini'
+MINI_VFMS = {
+    'dino_mini': {'path': str(MINI_DIR / 'dino_mini'), 'image_size': 28},
+    'siglip_mini': {'path': str(MINI_DIR / 'siglip_mini'), 'image_size': 28},
+}
 
 # The paper's four ViT-L backbones at the resolutions it runs them (appendix A.1). Download
 # them yourself (nothing is fetched at run time) and point the paths at the local copies.

@@ -36,7 +36,7 @@ def stitch_job(config):
   """The paper's protocol over every cell of the config; see stitchjax/protocol.py."""
   from stitchjax import protocol, report
   records = protocol.run(config)
-  print(report.write(config.workdir))
+  print(report.write(config.workdir, config.get('report_context')))
   print(f'{len(records)} records in {pathlib.Path(config.workdir) / "results.json"}; '
         f'tables in tables.md, plots accuracy_*.png')
 

@@ -189,8 +189,11 @@ class Runner:
     feats = {s: self.feats(cell.source, s)['pooled'] for s in ('train', 'val', 'test')}
     pred, lr, val = self.probe(cell.id, feats)
     self._save_predictions(cell, pred)
-    return [cell.record('val', 'accuracy', val, lr=lr),
-            cell.record('test', 'accuracy', np.mean(pred == self.labels('test')), lr=lr)]
+    return [cell.record('val', 'accuracy', val, lr=lr), self._test_accuracy(cell, pred, lr=lr)]
+
+  def _test_accuracy(self, cell: Cell, pred, **extra) -> dict:
+    labels = self.labels('test')
+    return cell.record('test', 'accuracy', np.mean(pred == labels), n=len(labels), **extra)
 
   def _stitched(self, cell: Cell):
     src, tgt = self.backbones[cell.source], self.backbones[cell.target]
@@ -225,8 +228,7 @@ class Runner:
     self._save_predictions(cell, pred['prediction'])
     if cell.method in as_list(self.config.export):
       self._export(cell, model.spec, params)
-    return [cell.record('val', 'accuracy', val, lr=lr),
-            cell.record('test', 'accuracy', np.mean(pred['prediction'] == self.labels('test')), lr=lr)]
+    return [cell.record('val', 'accuracy', val, lr=lr), self._test_accuracy(cell, pred['prediction'], lr=lr)]
 
   def _matched_stitch(self, cell: Cell, model, frozen, init, arrays):
     """The feature-matching stage of `cell` (lfm or ffm); shared by ffm and ffm_tlt cells."""
@@ -248,7 +250,7 @@ class Runner:
             cell.record('test', 'layer_distance', dist['layer_distance'].mean(), lr=lr),
             cell.record('test', 'final_distance', dist['final_distance'].mean(), lr=lr),
             cell.record('val', 'accuracy', probe_val, **extra),
-            cell.record('test', 'accuracy', np.mean(pred == self.labels('test')), **extra)]
+            self._test_accuracy(cell, pred, **extra)]
 
   def _export(self, cell: Cell, spec, params) -> None:
     sources = {}
