@@ -5,10 +5,12 @@ fsynced, and renamed into place; an interrupted write leaves only a hidden
 temporary that nothing reads.
 """
 import contextlib
+import errno
 import os
 import pathlib
 import shutil
 import tempfile
+import warnings
 
 
 def write_text(path, text: str) -> None:
@@ -16,7 +18,7 @@ def write_text(path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
   try:
-    with os.fdopen(fd, 'w') as f:
+    with disk_full_is_clear(path), os.fdopen(fd, 'w') as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
@@ -33,10 +35,62 @@ def directory(out):
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
   try:
-    yield tmp
+    with disk_full_is_clear(out):
+      yield tmp
     if out.exists():
       shutil.rmtree(out)
     os.replace(tmp, out)
   finally:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+class DiskFull(OSError):
+  """The disk filled while writing; nothing half-written was left for a later run to trust."""
+
+
+@contextlib.contextmanager
+def disk_full_is_clear(what):
+  """Turns ENOSPC into an error that says what was being written and that nothing partial remains."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise DiskFull(errno.ENOSPC, f'disk full while writing {what}; the partial write was removed. Free space '
+                     'and re-run the same command to continue') from e
+    raise
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+  """One run per workdir. The lock is an flock, which the kernel drops when its process dies, so a
+  killed run's lock is never stale; the file records who holds it for the error message."""
+  import fcntl
+  import socket
+  path = pathlib.Path(workdir) / '.lock'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  f = open(path, 'a+')
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'an unknown process'
+      raise RuntimeError(f'workdir {workdir} is in use: {path} is held by {holder}. Wait for that run to finish '
+                         'or use another workdir') from None
+    f.seek(0)
+    previous = f.read().strip()
+    if previous:
+      warnings.warn(f'taking over the lock {path} left by {previous}, which is no longer running')
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}')
+    f.flush()
+    try:
+      yield
+    finally:
+      f.seek(0)
+      f.truncate()
+      f.flush()
+  finally:
+    f.close()  # closing releases the flock

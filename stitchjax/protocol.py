@@ -19,6 +19,7 @@ except the target suffix after the stitch.
 import dataclasses
 import json
 import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -178,10 +179,15 @@ class Runner:
 
   # Cells.
   def run(self, cell: Cell) -> list[dict]:
+    """A cell's records; a non-finite loss stops the cell, is recorded, and the sweep goes on."""
     out_path = self.workdir / 'cells' / cell.id / 'result.json'
     if out_path.exists():
       return json.loads(out_path.read_text())
-    records = self.run_lp(cell) if cell.method == 'lp' else self.run_stitch(cell)
+    try:
+      records = self.run_lp(cell) if cell.method == 'lp' else self.run_stitch(cell)
+    except FloatingPointError as e:
+      warnings.warn(f'cell {cell.id} failed: {e}')
+      records = [cell.record('test', 'failed', 0.0) | {'value': None, 'error': str(e)}]
     _write_json(out_path, records)
     return records
 
@@ -268,11 +274,18 @@ class Runner:
 
 
 def run(config) -> list[dict]:
-  """Runs every cell of the config (resuming finished ones) and returns all records."""
+  """Runs every cell of the config (resuming finished ones) and returns all records.
+
+  All features are computed before any training, so bad data stops the run before training.
+  """
   validate(config)
-  runner = Runner(config)
-  records = []
-  for cell in tqdm(expand(config), desc='cells', unit='cell'):
-    records += runner.run(cell)
-  _write_json(runner.workdir / 'results.json', records)
+  with atomic.workdir_lock(config.workdir):
+    runner = Runner(config)
+    for name in runner.backbones:
+      for split in ('train', 'val', 'test'):
+        runner.feats(name, split)
+    records = []
+    for cell in tqdm(expand(config), desc='cells', unit='cell'):
+      records += runner.run(cell)
+    _write_json(runner.workdir / 'results.json', records)
   return records

@@ -13,6 +13,7 @@ epoch, so a killed run resumes at the last finished epoch with the same result.
 """
 import dataclasses
 import pathlib
+import warnings
 from typing import Any, Callable, Iterator
 
 import flax
@@ -21,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
+
+from stitchjax import atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +117,7 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
   optimizer = optax.adamw(schedule.lr, weight_decay=schedule.weight_decay)
   state = State(params, optimizer.init(params), params, jnp.array(-jnp.inf), jnp.array(0), jnp.array(0))
   manager = _manager(ckpt_dir)
-  if manager is not None and manager.latest_step() is not None:
+  if manager is not None:
     state = _restore(manager, state)
   state, frozen = placement.replicate(state), placement.replicate(frozen)
   step = make_step(loss_fn, optimizer)
@@ -127,10 +130,12 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
     for batch in steps:
       state, loss = step(state, frozen, placement.batch(batch))
       losses.append(loss)
-    train_loss = float(jnp.mean(jnp.stack(losses)))
-    if not np.isfinite(train_loss):
-      raise FloatingPointError(f'{desc}: non-finite training loss {train_loss} in epoch {int(state.epoch)} '
-                               f'at lr={schedule.lr}')
+    losses = np.asarray(jnp.stack(losses))
+    if not np.isfinite(losses).all():  # checked once per epoch: a per-step check would sync every step
+      bad = int(np.argmin(np.isfinite(losses)))
+      raise FloatingPointError(f'{desc}: loss {losses[bad]} at step {bad} of epoch {int(state.epoch)} '
+                               f'(lr={schedule.lr}); the last good checkpoint is epoch {int(state.epoch)}')
+    train_loss = float(losses.mean())
     score = float(score_fn(state.params, frozen, val))
     better = score > float(state.best_score)
     state = state.replace(best_params=state.params if better else state.best_params,
@@ -139,7 +144,8 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
     history['train_loss'].append(train_loss)
     history['val_score'].append(score)
     if manager is not None:
-      manager.save(int(state.epoch), args=_save_args(state))
+      with atomic.disk_full_is_clear(f'the checkpoint of {desc} in {ckpt_dir}'):
+        manager.save(int(state.epoch), args=_save_args(state))
     bar.update()
     bar.set_postfix(loss=f'{train_loss:.4g}', val=f'{score:.4g}')
   bar.close()
@@ -163,18 +169,27 @@ def _save_args(state: State):
 
 
 def _restore(manager, state: State) -> State:
+  """The latest readable step; a corrupt one is skipped with a warning naming it (and removed)."""
   import orbax.checkpoint as ocp
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype), state)
-  return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises many types for a damaged step; all mean "unusable"
+      warnings.warn(f'checkpoint step {step} in {manager.directory} is unreadable ({type(e).__name__}: {e}); '
+                    'falling back to the previous step')
+      manager.delete(step)
+  return state
 
 
 def save_tree(path: pathlib.Path, tree) -> None:
   """An orbax checkpoint of a pytree; orbax writes to a temporary directory and renames it when complete."""
   import orbax.checkpoint as ocp
   checkpointer = ocp.StandardCheckpointer()
-  # force: a run killed between this save and its done.json mark saves again on resume.
-  checkpointer.save(pathlib.Path(path).absolute(), jax.tree.map(np.asarray, tree), force=True)
-  checkpointer.wait_until_finished()
+  with atomic.disk_full_is_clear(path):
+    # force: a run killed between this save and its done.json mark saves again on resume.
+    checkpointer.save(pathlib.Path(path).absolute(), jax.tree.map(np.asarray, tree), force=True)
+    checkpointer.wait_until_finished()
 
 
 def load_tree(path: pathlib.Path, like):

@@ -1,0 +1,189 @@
+"""Faults: locks, corrupt checkpoints and caches, non-finite losses, a full disk."""
+import errno
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from stitchjax import atomic, features, objectives, train
+from test_stitch import _tiny_problem
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+HOLD_LOCK = '''
+import sys, time
+from stitchjax import atomic
+with atomic.workdir_lock(sys.argv[1]):
+  print('locked', flush=True)
+  time.sleep(60)
+'''
+
+
+def _holder(workdir):
+  p = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  assert p.stdout.readline().strip() == 'locked'
+  return p
+
+
+def test_a_second_run_on_a_workdir_stops_naming_the_lock_and_holder(tmp_path):
+  p = _holder(tmp_path)
+  try:
+    with pytest.raises(RuntimeError, match=rf'{tmp_path}/.lock is held by pid {p.pid} on '):
+      with atomic.workdir_lock(tmp_path):
+        pass
+  finally:
+    p.kill()
+    p.wait()
+
+
+def test_a_killed_runs_lock_is_taken_over(tmp_path):
+  p = _holder(tmp_path)
+  os.kill(p.pid, signal.SIGKILL)
+  p.wait()
+  with pytest.warns(UserWarning, match=f'taking over the lock .* left by pid {p.pid}'):
+    with atomic.workdir_lock(tmp_path):
+      pass
+
+
+def _fit(ckpt, epochs, lr=1e-2):
+  model, frozen, init, arrays = _tiny_problem('ffm_loss')
+  return train.fit(model.ffm_loss, objectives.loss_score(model.ffm_loss, 32), init, frozen, arrays, arrays,
+                   train.Schedule(lr=lr, epochs=epochs, patience=epochs, batch_size=32), ckpt_dir=ckpt)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_step(tmp_path):
+  whole, _ = _fit(tmp_path / 'whole', 4)
+  _fit(tmp_path / 'ckpt', 3)
+  latest = tmp_path / 'ckpt' / '3'
+  for f in latest.rglob('*'):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b'\0' * 7)  # damage every file of the step
+  with pytest.warns(UserWarning, match=r'checkpoint step 3 in .*ckpt is unreadable'):
+    resumed, history = _fit(tmp_path / 'ckpt', 4)
+  assert history['epochs'] == 4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), resumed, whole)
+
+
+def test_a_non_finite_loss_names_the_step_and_learning_rate(tmp_path):
+  with pytest.raises(FloatingPointError, match=r'loss nan at step \d+ of epoch \d+ \(lr=1e\+30\)'):
+    _fit(tmp_path / 'ckpt', 3, lr=1e30)
+
+
+def test_a_full_disk_leaves_nothing_half_written(tmp_path):
+  out = tmp_path / 'export'
+  with pytest.raises(atomic.DiskFull, match=f'disk full while writing {out}'):
+    with atomic.directory(out) as tmp:
+      (tmp / 'part').write_text('half')
+      raise OSError(errno.ENOSPC, 'No space left on device')
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_caching_features_is_clear(tmp_path, monkeypatch):
+  import hf_models as H
+  from stitchjax import data, load_backbone
+  H.build('siglip', tmp_path / 'bb')
+  bb = load_backbone(tmp_path / 'bb')
+  split = _image_split(tmp_path / 'imgs')
+
+  def full(*a, **k):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(np.lib.format, 'open_memmap', full)
+  cache = features.Cache(tmp_path / 'cache')
+  with pytest.raises(atomic.DiskFull, match='disk full while writing'):
+    cache.tokens(bb, 'bb', split, 'train', layers=(1,), final=True)
+  assert [p.name for p in (tmp_path / 'cache').iterdir()] == []
+  del data
+
+
+def _image_split(root):
+  from PIL import Image
+  from stitchjax import data
+  for c in ('a', 'b'):
+    for split in ('train', 'test'):
+      (root / split / c).mkdir(parents=True)
+      for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(root / split / c / f'{i}.png')
+  return data.load({'kind': 'image_folder', 'root': str(root), 'val_fraction': 0.3}).splits['train']
+
+
+def test_a_corrupt_cache_entry_is_rebuilt_never_used(tmp_path):
+  import hf_models as H
+  from stitchjax import load_backbone
+  H.build('siglip', tmp_path / 'bb')
+  bb = load_backbone(tmp_path / 'bb')
+  split = _image_split(tmp_path / 'imgs')
+  cache = features.Cache(tmp_path / 'cache')
+  good = np.array(cache.tokens(bb, 'bb', split, 'train', layers=(1,), final=True)['final'])
+  entry = next(p for p in (tmp_path / 'cache').iterdir() if not p.name.startswith('.'))
+  data_file = entry / 'final.npy'
+  raw = bytearray(data_file.read_bytes())
+  raw[-10:] = b'\x7f' * 10
+  data_file.write_bytes(bytes(raw))
+  features._VERIFIED.clear()  # as a new process would
+  with pytest.warns(UserWarning, match=r'final.npy does not match its checksum\); rebuilding'):
+    again = np.array(features.Cache(tmp_path / 'cache').tokens(bb, 'bb', split, 'train', layers=(1,),
+                                                                final=True)['final'])
+  np.testing.assert_array_equal(again, good)
+
+
+CONFIG = '''
+from stitchjax import config_lib
+
+
+def get_config():
+  c = config_lib.stitching('unused', dict(kind='image_folder', root={data!r}, val_fraction=0.25, seed=0),
+                           backbones={{'a': {{'path': {a!r}, 'image_size': 42}}, 'b': {{'path': {b!r}, 'image_size': 32}}}})
+  c.pairs = 'a:b'
+  c.layers = '1'
+  c.methods = 'lp,ffm_tlt'
+  c.dtype = 'float32'
+  c.train.epochs, c.train.patience, c.train.lrs = 3, 3, '0.003,0.03'
+  c.train.batch_size = {{'lfm': 8, 'default': 8}}
+  c.feature_batch_size = 4
+  c.export = 'ffm_tlt'
+  return c
+'''
+
+
+def _run(config, workdir, kill_after=None):
+  """Runs run.py; with kill_after, SIGKILLs it that many seconds in. Returns (finished, last progress line)."""
+  p = subprocess.Popen([sys.executable, 'run.py', '--config', str(config), f'--config.workdir={workdir}'],
+                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    _, err = p.communicate(timeout=kill_after)
+  except subprocess.TimeoutExpired:
+    p.send_signal(signal.SIGKILL)
+    _, err = p.communicate()
+  stages = [line.split(':')[0] for line in err.replace('\r', '\n').splitlines() if '%|' in line]
+  assert p.returncode in (0, -signal.SIGKILL), err[-3000:]
+  return p.returncode == 0, stages[-1] if stages else 'start-up'
+
+
+def test_killed_at_seeded_points_the_rerun_finishes_with_identical_results(tmp_path):
+  import hf_models as H
+  from test_protocol import _image_folder
+  H.build('dinov2_registers', tmp_path / 'a')
+  H.build('siglip', tmp_path / 'b')
+  _image_folder(tmp_path / 'data', {'train': 8, 'test': 3})
+  config = tmp_path / 'cfg.py'
+  config.write_text(CONFIG.format(data=str(tmp_path / 'data'), a=str(tmp_path / 'a'), b=str(tmp_path / 'b')))
+  start = time.monotonic()
+  assert _run(config, tmp_path / 'ref')[0]
+  duration = time.monotonic() - start
+  # Each re-run resumes, so it has less left to do: kill early enough to land mid-run.
+  kills = np.random.default_rng(0).uniform(0.1, 0.45, 4) * duration
+  interrupted = []
+  for delay in kills:
+    finished, stage = _run(config, tmp_path / 'faulty', kill_after=delay)
+    interrupted.append(f'{delay:.1f}s: {"finished" if finished else stage}')
+  assert _run(config, tmp_path / 'faulty')[0]
+  print('kill points:', '; '.join(interrupted))
+  ref = (tmp_path / 'ref' / 'results.json').read_text()
+  assert (tmp_path / 'faulty' / 'results.json').read_text() == ref
+  assert sum('finished' not in s for s in interrupted) >= 3  # most kills landed mid-run
