@@ -12,8 +12,16 @@ Splits. `test` is the dataset's own test split (or test pool, see the kinds).
 `val` is carved from `train`, so the two are disjoint: in every class c with
 n_c train examples, round(val_fraction * n_c) examples (halves round up; at
 most n_c - 1, so a class never leaves train) go to val, drawn with the seed.
-`val_fraction` defaults to 0.1, `seed` to 0. `limit_per_class` (optional)
+`val_fraction` defaults to 0.1, `seed` to 0. `classes` (optional, every kind)
+keeps only the listed classes, given as names or as indices into the
+dataset's class order, and relabels them 0..k-1 in the order given: e.g.
+fashion_mnist with classes=(5, 6, 7, 8, 9) or ('Sandal', 'Shirt', ...) is a
+5-way task with Sandal = 0. It applies before val is carved, so val is a
+fraction of the kept classes. `limit_per_class` (optional)
 then keeps at most that many examples per class in each split, again seeded.
+`skip_corrupt` (default False) is read by the stitching runner: `check_images`
+decodes every image once before any compute; unreadable ones stop the run with
+their paths, or with skip_corrupt=True are dropped and counted in results.json.
 Every random draw is a permutation of the class's examples by a generator
 keyed by (seed, purpose, class name), so adding or dropping one class never
 changes what another class draws. A split lists its examples in the pool's
@@ -87,6 +95,7 @@ import zlib
 from absl import flags
 import grain
 import numpy as np
+from tqdm import tqdm
 from PIL import Image
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
@@ -96,7 +105,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.
 AIRCRAFT_BANNER = 20  # rows of copyright banner at the bottom of each FGVC-Aircraft image
 FMOW_NOT_A_CLASS = 'false_detection'
 
-_COMMON = {'kind': None, 'root': None, 'seed': 0, 'val_fraction': 0.1, 'limit_per_class': None}
+_COMMON = {'kind': None, 'root': None, 'seed': 0, 'val_fraction': 0.1, 'classes': None, 'limit_per_class': None,
+           'skip_corrupt': False}
 _OPTIONS = {
     'image_folder': {},
     'tfds': {'name': None, 'train_split': 'train', 'test_split': 'test', 'image_key': 'image',
@@ -285,6 +295,9 @@ def load(config) -> Dataset:
   """The train/val/test splits that `config` (a dict or ConfigDict, see the module docstring) names."""
   c = _options(config)
   train, test = _LOADERS[c['kind']](c)
+  if c['classes'] is not None:
+    kept = _class_indices(train.classes, c['classes'])
+    train, test = _keep_classes(train, kept), _keep_classes(test, kept)
   train, val = _carve_val(train, c['val_fraction'], c['seed'])
   splits = {'train': train, 'val': val, 'test': test}
   if c['limit_per_class'] is not None:
@@ -311,6 +324,9 @@ def _options(config) -> dict:
   fraction = c['val_fraction']
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
     raise ValueError(f'data.val_fraction={fraction!r} must be in [0, 1)')
+  if c['classes'] is not None and (isinstance(c['classes'], (str, bytes)) or not hasattr(c['classes'], '__len__')
+                                   or not c['classes']):
+    raise ValueError(f'data.classes={c["classes"]!r} must be a non-empty list of class names or indices')
   for name in ('limit_per_class', 'train_per_class', 'test_per_class'):
     if c.get(name) is not None and (not _is_int(c[name]) or c[name] < 1):
       raise ValueError(f'data.{name}={c[name]!r} must be a positive int')
@@ -319,6 +335,31 @@ def _options(config) -> dict:
 
 def _is_int(x) -> bool:
   return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _class_indices(classes: tuple[str, ...], wanted) -> list[int]:
+  """data.classes (names or indices of `classes`, mixed if need be) -> indices, in the order given."""
+  indices = []
+  for w in wanted:
+    if _is_int(w) and 0 <= w < len(classes):
+      indices.append(int(w))
+    elif isinstance(w, str) and w in classes:
+      indices.append(classes.index(w))
+    else:
+      raise ValueError(f'data.classes: {w!r} is neither a class name nor an index in 0..{len(classes) - 1}; '
+                       f'classes are {list(classes)}')
+  repeated = sorted({classes[i] for i in indices if indices.count(i) > 1})
+  if repeated:
+    raise ValueError(f'data.classes={list(wanted)!r} names {repeated} more than once')
+  return indices
+
+
+def _keep_classes(split: Split, kept: list[int]) -> Split:
+  """The examples of classes `kept` (indices into split.classes), relabelled 0..k-1 in that order."""
+  relabel = np.full(len(split.classes), -1, np.int32)
+  relabel[kept] = np.arange(len(kept))
+  sub = split.subset(np.flatnonzero(relabel[split.labels] >= 0))  # pool order is kept
+  return dataclasses.replace(sub, classes=tuple(split.classes[i] for i in kept), labels=relabel[sub.labels])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -679,6 +720,24 @@ class _Example:
     return image, np.int32(self.split.labels[i]), np.int32(i)
 
 
+def check_images(split: Split, name: str, skip_corrupt: bool) -> tuple[Split, list[str]]:
+  """Decodes every image of `split` once. Unreadable ones are reported with their paths: an error
+  naming them all, or, with skip_corrupt, the split without them and their descriptions."""
+  bad, errors = [], []
+  for i in tqdm(range(len(split)), desc=f'checking {name} images', unit='image', leave=False):
+    try:
+      split.image(i)
+    except (OSError, ValueError) as e:
+      bad.append(i)
+      errors.append(str(e))
+  if errors and not skip_corrupt:
+    shown = '\n  '.join(errors[:20]) + (f'\n  and {len(errors) - 20} more' if len(errors) > 20 else '')
+    raise ValueError(f'{len(errors)} unreadable image(s) in the {name} split:\n  {shown}\n'
+                     'Fix or remove them, or set --config.data.skip_corrupt=True to skip them (they are then '
+                     'counted in results.json)')
+  return split.subset(np.setdiff1d(np.arange(len(split)), bad)), errors
+
+
 def batches(split: Split, preprocess, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
             drop_remainder: bool = False, num_workers: int = 0):
   """Iterator of (images float32 (B, S, S, 3), labels int32 (B,), indices int32 (B,)) over `split`.
@@ -695,7 +754,8 @@ def batches(split: Split, preprocess, batch_size: int, *, shuffle: bool, seed: i
   if shuffle:
     ds = ds.shuffle(seed=int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
   # Prefetch at most two batches of images: preprocessed images are large (336 px: 1.3 MB each).
-  options = grain.ReadOptions(num_threads=min(16, batch_size), prefetch_buffer_size=2 * batch_size)
+  # More reader threads than cores only adds polling overhead.
+  options = grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1, batch_size), prefetch_buffer_size=2 * batch_size)
   it = ds.map(_Example(split, preprocess)).to_iter_dataset(options)
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():

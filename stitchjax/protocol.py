@@ -126,14 +126,61 @@ class Runner:
     self.workdir = pathlib.Path(config.workdir)
     self.placement = train.Placement.data_parallel()
     self.data = data_lib.load(config.data)
+    self.skipped = self._check_images(bool(config.data.get('skip_corrupt', False)))
     self.backbones = {name: load_backbone(spec.path, image_size=spec.get('image_size'), dtype=jnp.dtype(config.dtype))
                       for name, spec in config.backbones.items()
                       if any(name in p for p in pairs(config))}
     validate(config, self.backbones)
     self.cache = features.Cache(config.get('cache_dir') or self.workdir / 'cache')
     self.num_classes = len(self.data.classes)
+    self._check_workdir()
+
+  def _check_workdir(self) -> None:
+    """Finished cells are reused by name, so a workdir must only ever see one dataset, set of backbones
+    and training setup; anything else would silently mix results."""
+    c = self.config
+    identity = {'classes': self.data.classes,
+                'splits': {name: split.fingerprint for name, split in self.data.splits.items()},
+                'backbones': {name: self.cache.backbone_digest(bb) for name, bb in self.backbones.items()},
+                'train': c.train.to_dict(), 'dtype': c.dtype, 'seed': c.seed, 'lora_rank': c.lora_rank}
+    path = self.workdir / 'run.json'
+    if not path.exists():
+      _write_json(path, identity)
+      return
+    before = json.loads(path.read_text())
+    if len(before['classes']) != len(identity['classes']):
+      raise ValueError(f'class-count mismatch: {self.workdir} holds results for {len(before["classes"])} classes, '
+                       f'but config.data gives {len(identity["classes"])}; use another workdir')
+    for key in identity:
+      if key == 'backbones':  # new backbones may join; known ones must be the same checkpoints
+        changed = [n for n, d in identity[key].items() if before[key].get(n, d) != d]
+      else:
+        changed = [] if json.loads(json.dumps(identity[key])) == before.get(key) else [key]
+      if changed:
+        raise ValueError(f'{self.workdir} holds results computed with a different {key} ({changed}); finished '
+                         'cells would be reused. Use another workdir, or restore the previous setting')
+    _write_json(path, identity | {'backbones': before['backbones'] | identity['backbones']})
 
   # Data.
+  def _check_images(self, skip_corrupt: bool) -> dict:
+    """Every image decoded once before any compute (remembered per split content in the workdir)."""
+    record = self.workdir / 'image_check.json'
+    known = json.loads(record.read_text()) if record.exists() else {}
+    skipped = {}
+    for name, split in list(self.data.splits.items()):
+      if split.fingerprint not in known:
+        _, errors = data_lib.check_images(split, name, skip_corrupt=True)
+        known[split.fingerprint] = errors
+        _write_json(record, known)
+      errors = known[split.fingerprint]
+      if errors and not skip_corrupt:
+        data_lib.check_images(split, name, skip_corrupt=False)  # raises, naming every path
+      if errors:
+        self.data.splits[name], _ = data_lib.check_images(split, name, skip_corrupt=True)
+        warnings.warn(f'skipping {len(errors)} unreadable {name} image(s), e.g. {errors[0]}')
+      skipped[name] = len(errors)
+    return skipped
+
   def feats(self, name: str, split: str) -> dict:
     bb = self.backbones[name]
     return self.cache.tokens(bb, name, self.data.splits[split], split, layers=as_list(self.config.layers),
@@ -284,7 +331,8 @@ def run(config) -> list[dict]:
     for name in runner.backbones:
       for split in ('train', 'val', 'test'):
         runner.feats(name, split)
-    records = []
+    records = [{'source': None, 'target': None, 'layer': None, 'method': None, 'stitch_layer': None, 'split': name,
+                'metric': 'skipped_images', 'value': float(n)} for name, n in runner.skipped.items()]
     for cell in tqdm(expand(config), desc='cells', unit='cell'):
       records += runner.run(cell)
     _write_json(runner.workdir / 'results.json', records)

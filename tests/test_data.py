@@ -496,6 +496,34 @@ def test_fashion_mnist(fashion):
   np.testing.assert_array_equal(labels, split.labels[:4])
 
 
+def test_classes_keeps_and_relabels_in_the_given_order(fashion):
+  full = data.load({'kind': 'fashion_mnist', 'root': str(fashion), 'val_fraction': 0.34})
+  for wanted in ((7, 5, 'Bag'), ['Sneaker', 'Sandal', 8]):  # indices, names, or both
+    d = data.load({'kind': 'fashion_mnist', 'root': str(fashion), 'val_fraction': 0.34, 'classes': wanted})
+    assert d.classes == ['Sneaker', 'Sandal', 'Bag']
+    for name, split in d.splits.items():
+      assert _counts(split, 3) == ([2, 2, 2] if name == 'train' else [1, 1, 1])
+      for i in range(len(split)):  # image k has original label k % 10
+        assert d.classes[split.labels[i]] == data.FASHION_MNIST_CLASSES[split.keys[i] % 10]
+      assert list(split.keys) == sorted(split.keys)  # pool order, not the order of `classes`
+      # Draws are keyed by class name, so a kept class gets the same val examples as without `classes`.
+      kept = [k for k in full.splits[name].keys if k % 10 in (7, 5, 8)]
+      np.testing.assert_array_equal(split.keys, kept)
+  for bad, match in ((('Sandal', 5), r"names \['Sandal'\] more than once"), ((10,), 'neither a class name'),
+                     (('sandal',), 'neither a class name'), ((), 'non-empty'), ('Sandal', 'non-empty')):
+    with pytest.raises(ValueError, match=match):
+      data.load({'kind': 'fashion_mnist', 'root': str(fashion), 'classes': bad})
+
+
+def test_classes_works_for_every_kind(folder):
+  d = data.load({'kind': 'image_folder', 'root': str(folder), 'classes': ['dog', 'bird']})
+  assert d.classes == ['dog', 'bird']
+  assert _counts(d.splits['test'], 2) == [2, 0]
+  for split in d.splits.values():
+    for path, label in zip(_files(split), split.labels):
+      assert pathlib.Path(path).relative_to(folder).parts[1] == d.classes[label]
+
+
 def test_fashion_mnist_errors(fashion, tmp_path):
   with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist'):
     data.load({'kind': 'fashion_mnist', 'root': str(tmp_path / 'nowhere')})

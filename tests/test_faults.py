@@ -187,3 +187,70 @@ def test_killed_at_seeded_points_the_rerun_finishes_with_identical_results(tmp_p
   ref = (tmp_path / 'ref' / 'results.json').read_text()
   assert (tmp_path / 'faulty' / 'results.json').read_text() == ref
   assert sum('finished' not in s for s in interrupted) >= 3  # most kills landed mid-run
+
+
+@pytest.mark.parametrize('skip', [False, True])
+def test_corrupt_images_are_named_or_skipped_and_counted(tmp_path, skip):
+  import hf_models as H
+  from stitchjax import config_lib, protocol
+  from test_protocol import _image_folder
+  H.build('siglip', tmp_path / 'b')
+  _image_folder(tmp_path / 'data', {'train': 6, 'test': 2})
+  bad = tmp_path / 'data' / 'test' / 'green' / '1.png'
+  bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data'),
+                                                        skip_corrupt=skip),
+                           backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
+  c.pairs, c.layers = 'b:b', '1'
+  c.train.batch_size = {'lfm': 8, 'default': 8}
+  if not skip:
+    with pytest.raises(ValueError, match=f'1 unreadable image.* in the test split:\n  {bad}'):
+      protocol.Runner(c)
+    return
+  with pytest.warns(UserWarning, match='skipping 1 unreadable test image'):
+    runner = protocol.Runner(c)
+  assert runner.skipped == {'train': 0, 'val': 0, 'test': 1} and len(runner.data.splits['test']) == 5
+
+
+def test_config_errors_before_compute_name_the_field(tmp_path):
+  import hf_models as H
+  from stitchjax import config_lib, protocol
+  from test_protocol import _image_folder
+  H.build('siglip', tmp_path / 'b')
+  _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
+  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data')),
+                           backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
+  c.pairs = 'b:b'
+  c.train.batch_size = {'lfm': 8, 'default': 8}
+  c.layers = '1,3'
+  with pytest.raises(ValueError, match=r"config.layers: layer 3 is outside 1..2 for backbone 'b'"):
+    protocol.Runner(c)
+  c.layers = '1'
+  c.train.batch_size = {'lfm': 0, 'default': 8}
+  with pytest.raises(ValueError, match=r'config.train.batch_size.lfm=0 must be positive'):
+    protocol.validate(c)
+  c.train.batch_size = {'lfm': 8, 'default': 8}
+  c.data.root = str(tmp_path / 'nowhere')
+  with pytest.raises((ValueError, FileNotFoundError), match='nowhere'):
+    protocol.Runner(c)
+
+
+def test_a_workdir_refuses_another_dataset(tmp_path):
+  import hf_models as H
+  from stitchjax import config_lib, protocol
+  from test_protocol import _image_folder
+  H.build('siglip', tmp_path / 'b')
+  _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
+  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data')),
+                           backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
+  c.pairs, c.layers = 'b:b', '1'
+  c.train.batch_size = {'lfm': 8, 'default': 8}
+  protocol.Runner(c)
+  protocol.Runner(c)  # the same setup resumes
+  c.data.classes = ('red', 'green')
+  with pytest.raises(ValueError, match='class-count mismatch: .* 3 classes, but config.data gives 2'):
+    protocol.Runner(c)
+  c.data.classes = None
+  c.train.lrs = '0.5'
+  with pytest.raises(ValueError, match=r"different train \(\['train'\]\)"):
+    protocol.Runner(c)
