@@ -120,17 +120,20 @@ class Cache:
       stops = [*layers, cfg.depth] if (final or pooled) else list(layers)
       for images, _, idx in tqdm(data_lib.batches(split, bb.preprocess, batch_size, shuffle=False, seed=0),
                                  total=-(-n // batch_size), desc=f'features {desc}', unit='batch', leave=False):
+        valid = len(idx)
+        if valid < batch_size:  # pad the last batch: one compiled shape per span, not two
+          images = np.concatenate([images, np.zeros((batch_size - valid, *images.shape[1:]), images.dtype)])
         x, start = bb.embed(bb.params, images), 0
         for stop in stops:
           x, start = bb.blocks(bb.params, x, start, stop), stop
           if f'layer_{stop}' in out:
-            out[f'layer_{stop}'][idx] = np.asarray(x.astype(BF16)).view(np.uint16)
+            out[f'layer_{stop}'][idx] = np.asarray(x[:valid].astype(BF16)).view(np.uint16)
         if final or pooled:
           tokens = bb.final(bb.params, x)
           if final:
-            out['final'][idx] = np.asarray(tokens.astype(BF16)).view(np.uint16)
+            out['final'][idx] = np.asarray(tokens[:valid].astype(BF16)).view(np.uint16)
           if pooled:
-            out['pooled'][idx] = np.asarray(bb.pool(bb.params, tokens).astype(BF16)).view(np.uint16)
+            out['pooled'][idx] = np.asarray(bb.pool(bb.params, tokens)[:valid].astype(BF16)).view(np.uint16)
       meta = {'key': json.loads(json.dumps(key, default=str)), 'arrays': {}}
       for k, a in out.items():
         a.flush()
