@@ -293,7 +293,7 @@ class Dataset:
 
 def load(config) -> Dataset:
   """The train/val/test splits that `config` (a dict or ConfigDict, see the module docstring) names."""
-  c = _options(config)
+  c = load_options(config)
   train, test = _LOADERS[c['kind']](c)
   if c['classes'] is not None:
     kept = _class_indices(train.classes, c['classes'])
@@ -305,7 +305,7 @@ def load(config) -> Dataset:
   return Dataset(kind=c['kind'], classes=list(train.classes), splits=splits)
 
 
-def _options(config) -> dict:
+def load_options(config) -> dict:
   """Config -> dict with every option of its kind, defaults filled in; unknown or bad values raise."""
   given = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
   kind = given.get('kind')

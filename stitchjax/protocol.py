@@ -126,6 +126,11 @@ class Runner:
     self.workdir = pathlib.Path(config.workdir)
     self.placement = train.Placement.data_parallel()
     self.data = data_lib.load(config.data)
+    for name, split in self.data.splits.items():
+      if not len(split):
+        raise ValueError(f'the {name} split of config.data is empty' + (
+            f' (data.val_fraction={data_lib.load_options(config.data)["val_fraction"]} of too few training images)' if name == 'val'
+            else ''))
     self.skipped = self._check_images(bool(config.data.get('skip_corrupt', False)))
     self.backbones = {name: load_backbone(spec.path, image_size=spec.get('image_size'), dtype=jnp.dtype(config.dtype))
                       for name, spec in config.backbones.items()

@@ -218,7 +218,8 @@ def test_config_errors_before_compute_name_the_field(tmp_path):
   from test_protocol import _image_folder
   H.build('siglip', tmp_path / 'b')
   _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
-  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data')),
+  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data'),
+                                                        val_fraction=0.25),
                            backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
   c.pairs = 'b:b'
   c.train.batch_size = {'lfm': 8, 'default': 8}
@@ -241,7 +242,8 @@ def test_a_workdir_refuses_another_dataset(tmp_path):
   from test_protocol import _image_folder
   H.build('siglip', tmp_path / 'b')
   _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
-  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data')),
+  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data'),
+                                                        val_fraction=0.25),
                            backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
   c.pairs, c.layers = 'b:b', '1'
   c.train.batch_size = {'lfm': 8, 'default': 8}
@@ -254,3 +256,31 @@ def test_a_workdir_refuses_another_dataset(tmp_path):
   c.train.lrs = '0.5'
   with pytest.raises(ValueError, match=r"different train \(\['train'\]\)"):
     protocol.Runner(c)
+
+
+def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+  import json
+  import hf_models as H
+  from stitchjax import config_lib, protocol
+  from test_protocol import _image_folder
+  H.build('siglip', tmp_path / 'b')
+  _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
+  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data')),
+                           backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
+  with pytest.raises(ValueError, match=r'the val split of config.data is empty \(data.val_fraction=0.1'):
+    protocol.Runner(c)
+  c.data.val_fraction = 0.25
+  c.workdir = str(tmp_path / 'work2')
+  c.pairs, c.layers, c.methods = 'b:b', '1', 'lp,lfm'
+  c.train.batch_size = {'lfm': 8, 'default': 8}
+  c.train.epochs, c.train.lrs = 1, '0.01'
+
+  def nan(self, cell):
+    raise FloatingPointError(f'{cell.id} lr=0.01: loss nan at step 3 of epoch 0')
+  monkeypatch.setattr(protocol.Runner, 'run_lp', nan)
+  with pytest.warns(UserWarning, match='cell lp__b failed'):
+    records = protocol.run(c)
+  failed = [r for r in records if r['metric'] == 'failed']
+  assert len(failed) == 1 and failed[0]['method'] == 'lp' and 'step 3' in failed[0]['error']
+  assert any(r['method'] == 'lfm' and r['metric'] == 'accuracy' for r in records)  # the next cell ran
+  assert json.loads((tmp_path / 'work2' / 'results.json').read_text()) == records
