@@ -2,6 +2,7 @@
 
 `stitch`: the paper's stitching protocol (stitchjax/protocol.py), then tables and plots.
 `plan`: validate a stitching config and list its cells without computing anything.
+`pretrain`: train the mini-VFMs of the demo and write their exports (stitchjax/pretrain.py).
 
 `backbones`: load every configured backbone, export it to orbax, reload the export,
 and check the stitching contract on it: splitting the blocks at every layer n and
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from stitchjax import atomic, backbone, preprocess, vit
+from stitchjax import atomic, backbone, preprocess, pretrain, vit
 
 # Small seeded-random layouts for 'init:<family>' paths: plumbing checks, never presented as VFMs.
 INIT_LAYOUTS = {
@@ -52,7 +53,7 @@ def plan_job(config):
 
 
 def run(config):
-  jobs = {'backbones': backbones_job, 'stitch': stitch_job, 'plan': plan_job}
+  jobs = {'backbones': backbones_job, 'stitch': stitch_job, 'plan': plan_job, 'pretrain': pretrain.run}
   if config.job not in jobs:
     raise ValueError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
   jobs[config.job](config)

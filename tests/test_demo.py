@@ -1,4 +1,4 @@
-"""The embedded default: the committed mini-VFMs and a shortened demo run end to end."""
+"""The mini-VFM demo: the committed mini-VFMs and a shortened demo run end to end."""
 import json
 import pathlib
 
@@ -10,9 +10,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FASHION = pathlib.Path(mini.PROBE['root'])
 needs_data = pytest.mark.skipif(not (FASHION / 'train-images-idx3-ubyte.gz').exists(),
                                 reason='Fashion-MNIST missing: apt-get install dataset-fashion-mnist')
+# configs/pretrain_mini.py writes the weights; they are not committed yet (issue 4 is open).
+needs_weights = pytest.mark.skipif(not mini.RECORD.exists(), reason='mini-VFM weights not committed yet')
 
 
 @needs_data
+@needs_weights
 @pytest.mark.parametrize('name', sorted(config_lib.MINI_VFMS))
 def test_committed_weights_give_their_recorded_probe_accuracy(name):
   recorded = json.loads(mini.RECORD.read_text())['test_accuracy'][name]
@@ -21,9 +24,10 @@ def test_committed_weights_give_their_recorded_probe_accuracy(name):
 
 
 @needs_data
+@needs_weights
 def test_shortened_demo_yields_every_expected_record(tmp_path):
   import importlib.util
-  spec = importlib.util.spec_from_file_location('demo', ROOT / 'configs' / 'demo.py')
+  spec = importlib.util.spec_from_file_location('demo_mini', ROOT / 'configs' / 'demo_mini.py')
   demo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(demo)
   c = demo.get_config()
