@@ -84,13 +84,13 @@ class Augment:
   jitter_prob: float = 0.8
 
 
-def _interpolation_matrix(start, length, size: int):
-  """(size, size) bilinear weights sampling `size` pixels from [start, start + length) of a size-pixel axis.
+def _interpolation_matrix(start, length, size: int, out: int):
+  """(out, size) bilinear weights sampling `out` pixels from [start, start + length) of a size-pixel axis.
 
   Half-pixel centres as torchvision's resize. Taps just outside the box read the image there (as
   RoIAlign does; a crop-then-resize would repeat the box's edge); outside the image they clamp to it.
   """
-  coords = start + (jnp.arange(size) + 0.5) * length / size - 0.5
+  coords = start + (jnp.arange(out) + 0.5) * length / out - 0.5
   low = jnp.floor(coords)
   frac = (coords - low)[:, None]
   tap = lambda i: jax.nn.one_hot(jnp.clip(i, 0, size - 1).astype(jnp.int32), size)
@@ -110,10 +110,12 @@ def crop_box(aug: Augment, key, size: int):
   return y0, x0, h, w, aug.flip & jax.random.bernoulli(k_flip)
 
 
-def resized_crop(image, y0, x0, h, w, flip):
-  """image (S, S, C) -> the box [y0, y0 + h) x [x0, x0 + w) bilinearly resized to (S, S, C), mirrored if flip."""
+def resized_crop(image, y0, x0, h, w, flip, out: int | None = None):
+  """image (S, S, C) -> the box [y0, y0 + h) x [x0, x0 + w) bilinearly resized to (out, out, C) (default S),
+  mirrored if flip."""
   size = image.shape[0]
-  rows, cols = _interpolation_matrix(y0, h, size), _interpolation_matrix(x0, w, size)
+  out = out or size
+  rows, cols = _interpolation_matrix(y0, h, size, out), _interpolation_matrix(x0, w, size, out)
   cols = jnp.where(flip, cols[::-1], cols)
   # The crop is axis-aligned, so resampling separates into a row and a column matrix.
   return jnp.einsum('iy,yxc,jx->ijc', rows, image, cols)
@@ -129,10 +131,10 @@ def jitter(aug: Augment, image, key):
   return jnp.where(jax.random.bernoulli(k_apply, aug.jitter_prob), out, image)
 
 
-def augment_one(aug: Augment, image, key):
-  """image: (S, S, C) float in [0, 1] -> an augmented (S, S, C) view."""
+def augment_one(aug: Augment, image, key, size: int | None = None):
+  """image: (S, S, C) float in [0, 1] -> an augmented (size, size, C) view (default S)."""
   k_crop, k_jitter = jax.random.split(key)
-  out = resized_crop(image, *crop_box(aug, k_crop, image.shape[0]))
+  out = resized_crop(image, *crop_box(aug, k_crop, image.shape[0]), size)
   return jitter(aug, out, k_jitter) if aug.jitter else out
 
 
@@ -146,10 +148,11 @@ def normalise(images, mean, std):
   return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def views(aug: Augment, images_u8, key, mean, std):
-  """uint8 (B, S, S, 3) -> one normalised augmented view per image, (B, S, S, 3) float32."""
+def views(aug: Augment, images_u8, key, mean, std, size: int | None = None):
+  """uint8 (B, S, S, 3) -> one normalised augmented view per image, (B, size, size, 3) float32 (default S)."""
   keys = jax.random.split(key, images_u8.shape[0])
-  return normalise(jax.vmap(functools.partial(augment_one, aug))(to_unit(images_u8), keys), mean, std)
+  one = functools.partial(augment_one, aug, size=size)
+  return normalise(jax.vmap(one)(to_unit(images_u8), keys), mean, std)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +201,10 @@ class Dino:
   momentum: float = 0.99  # teacher EMA at step 0, rising to 1 on a cosine
   freeze_prototypes_steps: int = 0  # DINO keeps the prototype layer fixed at first, for stability
   centering: str = 'ema'  # 'ema': DINO's running centre; 'sinkhorn': DINOv2's Sinkhorn-Knopp, 3 iterations
-  augment: Augment = Augment()
+  augment: Augment = Augment()  # of the two global views
+  local_crops: int = 0  # multi-crop: small views that only the student sees
+  local_size: int = 12
+  local_scale: tuple[float, float] = (0.1, 0.4)
 
 
 class DinoHead(nn.Module):
@@ -230,21 +236,41 @@ def dino_scores(cfg: vit.ViTConfig, hp: Dino, params, images):
   return DinoHead(hp).apply({'params': params['head']}, pooled(cfg, params['vit'], images))
 
 
-def dino_loss(cfg: vit.ViTConfig, hp: Dino, student, teacher, center, view1, view2):
+def at_size(cfg: vit.ViTConfig, params, size: int) -> tuple[vit.ViTConfig, dict]:
+  """The backbone run on size x size images: learned patch positions resized bicubically, as DINO does
+  for its local crops. Differentiable, so local views train the same position embeddings."""
+  small = dataclasses.replace(cfg, image_size=size)
+  pos, prefix = params['embed']['pos'], int(cfg.cls_token)
+  grid = pos[prefix:].reshape(cfg.grid, cfg.grid, cfg.dim)
+  grid = jax.image.resize(grid, (small.grid, small.grid, cfg.dim), 'bicubic')
+  pos = jnp.concatenate([pos[:prefix], grid.reshape(-1, cfg.dim)])
+  return small, {**params, 'embed': {**params['embed'], 'pos': pos}}
+
+
+def dino_loss(cfg: vit.ViTConfig, hp: Dino, student, teacher, center, global_views, local_views=None):
   """The cross-view loss of the module docstring; returns (loss, teacher scores (2B, K)).
 
-  The teacher's targets pass through stop_gradient: it learns only by EMA.
+  global_views: (2, B, S, S, 3), seen by teacher and student; local_views: (L, B, s, s, 3) or None,
+  seen by the student only. Each teacher view is the target of every other student view, and the
+  loss averages those 2 (L + 1) cross-entropies. The targets pass through stop_gradient: the teacher
+  learns only by EMA.
   """
-  both = jnp.concatenate([view1, view2])
+  n = global_views.shape[1]
+  both = global_views.reshape(2 * n, *global_views.shape[2:])
   t_scores = jax.lax.stop_gradient(dino_scores(cfg, hp, teacher, both))
   if hp.centering == 'sinkhorn':
     targets = sinkhorn_knopp(t_scores / hp.teacher_temp)
   else:
     targets = jax.nn.softmax((t_scores - center) / hp.teacher_temp, axis=-1)
-  log_probs = jax.nn.log_softmax(dino_scores(cfg, hp, student, both) / hp.student_temp, axis=-1)
-  n = view1.shape[0]
-  swapped = jnp.concatenate([targets[n:], targets[:n]])  # view 1's targets for view 2's predictions and back
-  return -jnp.mean(jnp.sum(swapped * log_probs, axis=-1)), t_scores
+  log_probs = lambda scores: jax.nn.log_softmax(scores / hp.student_temp, axis=-1)
+  student_views = list(log_probs(dino_scores(cfg, hp, student, both)).reshape(2, n, -1))
+  if local_views is not None:
+    small, small_vit = at_size(cfg, student['vit'], local_views.shape[2])
+    scores = dino_scores(small, hp, {**student, 'vit': small_vit}, local_views.reshape(-1, *local_views.shape[2:]))
+    student_views += list(log_probs(scores).reshape(local_views.shape[0], n, -1))
+  terms = [-jnp.mean(jnp.sum(target * view, axis=-1)) for i, target in enumerate(targets.reshape(2, n, -1))
+           for j, view in enumerate(student_views) if j != i]
+  return sum(terms) / len(terms), t_scores
 
 
 def sinkhorn_knopp(logits, iterations: int = 3):
@@ -271,11 +297,14 @@ def dino_step(cfg: vit.ViTConfig, hp: Dino, tx, norm, state: State, images_u8, k
 
   momentum: the teacher EMA at this step; train_prototypes: 0.0 while the prototypes are frozen, else 1.0.
   """
-  k1, k2 = jax.random.split(key)
-  view1, view2 = (views(hp.augment, images_u8, k, *norm) for k in (k1, k2))
+  keys = jax.random.split(key, 2 + hp.local_crops)
+  global_views = jnp.stack([views(hp.augment, images_u8, k, *norm) for k in keys[:2]])
+  local_aug = dataclasses.replace(hp.augment, scale=hp.local_scale)
+  local_views = jnp.stack([views(local_aug, images_u8, k, *norm, size=hp.local_size)
+                           for k in keys[2:]]) if hp.local_crops else None
   teacher, center = state.extra['teacher'], state.extra['center']
   (loss, t_scores), grads = jax.value_and_grad(dino_loss, argnums=2, has_aux=True)(
-      cfg, hp, state.params, teacher, center, view1, view2)
+      cfg, hp, state.params, teacher, center, global_views, local_views)
   grads = {**grads, 'head': {**grads['head'], 'prototypes': grads['head']['prototypes'] * train_prototypes}}
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -347,14 +376,18 @@ def siglip_step(cfg: vit.ViTConfig, hp: Siglip, tx, norm, state: State, images_u
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation: k-NN on held-out classes.
+# Evaluation on classes the models never see: a linear probe and k-NN on pooled features.
 
 
 def features(cfg: vit.ViTConfig, params, images_u8: np.ndarray, norm, batch_size: int = 500) -> np.ndarray:
   """Pooled features (N, D) of un-augmented uint8 images (N, S, S, 3)."""
-  embed = jax.jit(lambda p, x: pooled(cfg, p, normalise(to_unit(x), *norm)))
-  return np.concatenate([np.asarray(embed(params, images_u8[i:i + batch_size]))
+  return np.concatenate([np.asarray(_pooled_images(cfg, params, images_u8[i:i + batch_size], norm))
                          for i in range(0, len(images_u8), batch_size)])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pooled_images(cfg: vit.ViTConfig, params, images_u8, norm):
+  return pooled(cfg, params, normalise(to_unit(images_u8), *norm))
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, temperature: float = 0.07) -> float:
@@ -366,6 +399,55 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, temperature: flo
   np.add.at(votes, (np.arange(len(test_x))[:, None], train_y[nearest]),
             np.exp(np.take_along_axis(sims, nearest, 1) / temperature))
   return float(np.mean(votes.argmax(1) == test_y))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _fit_linear(x, y, num_classes: int, steps: int):
+  """Softmax regression (D, K) weights and (K,) bias: full batch, zero init, Adam 0.01, L2 1e-4 on weights."""
+  def loss(params):
+    logits = x @ params['w'] + params['b']
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + 1e-4 * jnp.sum(params['w']**2)
+  tx = optax.adam(0.01)
+  params = {'w': jnp.zeros((x.shape[1], num_classes)), 'b': jnp.zeros((num_classes,))}
+
+  def step(_, carry):
+    params, opt_state = carry
+    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state)
+    return optax.apply_updates(params, updates), opt_state
+  return jax.lax.fori_loop(0, steps, step, (params, tx.init(params)))[0]
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, steps: int = 1000) -> float:
+  """Test accuracy of softmax regression on features standardised by the train statistics.
+
+  Deterministic and, at these sizes (~1000 examples, D <= 100), trained to convergence, so
+  features are compared rather than optimisers. Standardising matters: pretrained features
+  can concentrate in a few large directions that cosine k-NN over-weights.
+  """
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  params = _fit_linear(jnp.asarray((train_x - mean) / std), jnp.asarray(train_y), int(train_y.max()) + 1, steps)
+  logits = ((test_x - mean) / std) @ np.asarray(params['w']) + np.asarray(params['b'])
+  return float(np.mean(logits.argmax(1) == test_y))
+
+
+def probe(cfg: vit.ViTConfig, params, held_out: dict, norm) -> dict:
+  """held_out: {'train', 'test'} -> uint8 'images', int 'labels' -> linear-probe and k-NN test accuracies."""
+  x = {s: features(cfg, params, held_out[s]['images'], norm) for s in ('train', 'test')}
+  y = {s: held_out[s]['labels'] for s in ('train', 'test')}
+  return {'linear_probe_accuracy': round(linear_probe_accuracy(x['train'], y['train'], x['test'], y['test']), 4),
+          'knn_accuracy': round(knn_accuracy(x['train'], y['train'], x['test'], y['test']), 4)}
+
+
+def label_accuracy(cfg: vit.ViTConfig, params, images_u8: np.ndarray, labels: np.ndarray, norm) -> float:
+  """SigLIP: how often an image's nearest label embedding is its own label (images it was not trained on)."""
+  logits = np.concatenate([np.asarray(_siglip_logits_images(cfg, params, images_u8[i:i + 500], norm))
+                           for i in range(0, len(images_u8), 500)])
+  return round(float(np.mean(logits.argmax(1) == labels)), 4)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _siglip_logits_images(cfg: vit.ViTConfig, params, images_u8, norm):
+  return siglip_logits(cfg, params, normalise(to_unit(images_u8), *norm))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,103 +469,117 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int):
     yield order[start:start + batch_size]
 
 
-def train_model(name: str, spec, pool: dict, probe: dict, norm, seed: int, log_every: int) -> tuple[dict, dict]:
-  """Pretrains one model; returns (backbone params, log). pool/probe: uint8 'images' and int 'labels'."""
-  cfg = vit.ViTConfig(**spec.vit)
-  steps_per_epoch = len(pool['images']) // spec.batch_size
-  total = spec.epochs * steps_per_epoch
-  tx = optimizer(spec, total)
-  key = jax.random.key(seed)
-  init_key, data_key = jax.random.split(key)
+def _objective(spec, cfg: vit.ViTConfig, num_labels: int, tx, norm, key):
+  """(hyperparameters, initial state, jitted step, the step's host-side arguments, the backbone to export)."""
   if spec.objective == 'dino':
-    hp = Dino(**{k: v for k, v in spec.dino.items() if k != 'augment'}, augment=Augment(**spec.dino.augment))
-    params, extra = dino_init(cfg, hp, init_key)
-    step_fn = jax.jit(functools.partial(dino_step, cfg, hp, tx, norm))
-    backbone_of = lambda state: state.extra['teacher']['vit']  # DINO evaluates and keeps the teacher
-  else:
+    fields = {k: tuple(v) if k == 'local_scale' else v for k, v in spec.dino.items() if k != 'augment'}
+    hp = Dino(**fields, augment=Augment(**spec.dino.augment))
+    params, extra = dino_init(cfg, hp, key)
+    step = jax.jit(functools.partial(dino_step, cfg, hp, tx, norm))
+    args = lambda images, labels, k, i, total: (images, k, *dino_schedule(hp, i, total).values())
+    return hp, State(params, tx.init(params), extra), step, args, lambda state: state.extra['teacher']['vit']
+  if spec.objective == 'siglip':
     hp = Siglip(**{k: v for k, v in spec.siglip.items() if k != 'augment'}, augment=Augment(**spec.siglip.augment))
-    params, extra = siglip_init(cfg, hp, int(pool['labels'].max()) + 1, init_key)
-    step_fn = jax.jit(functools.partial(siglip_step, cfg, hp, tx, norm))
-    backbone_of = lambda state: state.params['vit']
-  state = State(params, tx.init(params), extra)
+    params, extra = siglip_init(cfg, hp, num_labels, key)
+    step = jax.jit(functools.partial(siglip_step, cfg, hp, tx, norm))
+    args = lambda images, labels, k, i, total: (images, labels, k)
+    return hp, State(params, tx.init(params), extra), step, args, lambda state: state.params['vit']
+  raise ValueError(f'objective={spec.objective!r} is not one of dino, siglip')
 
-  def knn(state):
-    feats = {s: features(cfg, backbone_of(state), probe[s]['images'], norm) for s in ('train', 'test')}
-    return knn_accuracy(feats['train'], probe['train']['labels'], feats['test'], probe['test']['labels'])
 
-  curves = {'step': [], 'loss': [], 'lr': []}
-  probes = {'epoch': [0], 'step': [0], 'knn_accuracy': [knn(state)]}  # epoch 0: the random initialisation
+def train_model(name: str, spec, pool: dict, val: dict, held_out: dict, norm, seed: int,
+                log_every: int) -> tuple[dict, dict]:
+  """Pretrains one model; returns (backbone params, log).
+
+  pool, val: uint8 'images' and int 'labels' of the pretraining classes (val is only evaluated);
+  held_out: {'train', 'test'} of the same for the probe's classes. DINO exports its teacher.
+  """
+  cfg = vit.ViTConfig(**spec.vit)
+  total = spec.epochs * (len(pool['images']) // spec.batch_size)
+  tx = optimizer(spec, total)
+  init_key, data_key = jax.random.split(jax.random.key(seed))
+  hp, state, step_fn, step_args, backbone_of = _objective(spec, cfg, int(pool['labels'].max()) + 1, tx, norm,
+                                                          init_key)
+
+  def evaluate(state, epoch: int) -> dict:
+    scores = {'epoch': epoch, 'step': epoch * (total // spec.epochs), **probe(cfg, backbone_of(state), held_out, norm)}
+    if spec.objective == 'siglip':
+      scores['label_accuracy'] = label_accuracy(cfg, state.params, val['images'], val['labels'], norm)
+    return scores
+
+  probes = [evaluate(state, 0)]  # epoch 0: the random initialisation
+  curves = {'step': [], 'lr': []}
   lr_at = learning_rate(spec, total)
   start = time.perf_counter()
   bar = tqdm(total=total, desc=name, unit='step')
   window = []
   for epoch in range(spec.epochs):
     for idx in _batches(len(pool['images']), spec.batch_size, seed, epoch):
-      step = bar.n
-      key = jax.random.fold_in(data_key, step)
-      if spec.objective == 'dino':
-        state, metrics = step_fn(state, pool['images'][idx], key, **dino_schedule(hp, step, total))
-      else:
-        state, metrics = step_fn(state, pool['images'][idx], pool['labels'][idx], key)
+      i = bar.n
+      state, metrics = step_fn(state, *step_args(pool['images'][idx], pool['labels'][idx],
+                                                 jax.random.fold_in(data_key, i), i, total))
       window.append(metrics)
       bar.update()
       if bar.n % log_every == 0 or bar.n == total:
-        mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-        if not math.isfinite(mean['loss']):
-          raise FloatingPointError(f'{name}: loss {mean["loss"]} by step {bar.n}')
+        _log_window(name, curves, window, bar.n, float(lr_at(i)))
         window = []
-        curves['step'].append(bar.n)
-        curves['lr'].append(float(lr_at(step)))
-        for k, v in mean.items():
-          curves.setdefault(k, []).append(round(v, 5))
-        bar.set_postfix(loss=f'{mean["loss"]:.4f}')
-    probes['epoch'].append(epoch + 1)
-    probes['step'].append(bar.n)
-    probes['knn_accuracy'].append(knn(state))
-    bar.write(f'{name} epoch {epoch + 1}: loss {curves["loss"][-1]:.4f}, '
-              f'k-NN accuracy on held-out classes {probes["knn_accuracy"][-1]:.4f}')
+        bar.set_postfix(loss=f'{curves["loss"][-1]:.4f}')
+    probes.append(evaluate(state, epoch + 1))
+    bar.write(f'{name} epoch {epoch + 1}: loss {curves["loss"][-1]:.4f}, held-out classes: ' +
+              ', '.join(f'{k} {v}' for k, v in probes[-1].items() if k not in ('epoch', 'step')))
   bar.close()
-  seconds = time.perf_counter() - start
   log = {'objective': spec.objective, 'vit': cfg.to_dict(), 'hyperparameters': dataclasses.asdict(hp),
          'optimizer': {k: spec[k] for k in ('batch_size', 'epochs', 'lr', 'warmup_steps', 'weight_decay', 'clip')},
-         'steps': total, 'wall_seconds': round(seconds, 1), 'final_loss': curves['loss'][-1],
-         'curves': curves, 'probe': probes}
+         'steps': total, 'wall_seconds': round(time.perf_counter() - start, 1), 'final_loss': curves['loss'][-1],
+         'curves': curves, 'probe': {k: [p[k] for p in probes] for k in probes[0]}}
   return jax.tree.map(np.asarray, backbone_of(state)), log
+
+
+def _log_window(name: str, curves: dict, window: list, step: int, lr: float) -> None:
+  """Appends the mean of the window's metrics at `step` to the curves; a non-finite loss stops the run."""
+  mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+  if not math.isfinite(mean['loss']):
+    raise FloatingPointError(f'{name}: loss {mean["loss"]} by step {step}')
+  curves['step'].append(step)
+  curves['lr'].append(lr)
+  for k, v in mean.items():
+    curves.setdefault(k, []).append(round(v, 5))
 
 
 def run(config) -> None:
   """Job 'pretrain': trains every model in config.models, writes the exports and pretrain_log.json."""
   out = pathlib.Path(config.out_dir)
-  pool_split = data.load(config.data).splits['train']
+  splits = data.load(config.data).splits
   probe_data = data.load(config.probe.data)
   sizes = {spec.vit.image_size for spec in config.models.values()}
   if len(sizes) != 1:
     raise ValueError(f'config.models: every model must share one image_size (one processor config), got {sizes}')
   size = sizes.pop()
-  pool = {'images': _images(pool_split, size), 'labels': np.asarray(pool_split.labels)}
-  # k-NN memory: the probe's train split; queries: its val split (test splits stay untouched).
-  probe = {role: {'images': _images(probe_data.splits[s], size), 'labels': np.asarray(probe_data.splits[s].labels)}
-           for role, s in (('train', 'train'), ('test', 'val'))}
+  arrays = lambda split: {'images': _images(split, size), 'labels': np.asarray(split.labels)}
+  pool, val = arrays(splits['train']), arrays(splits['val'])
+  # The probe fits on its train split and is scored on its val split: the test split stays untouched.
+  held_out = {'train': arrays(probe_data.splits['train']), 'test': arrays(probe_data.splits['val'])}
   mean, std = pixel_stats(pool['images'])
   proc = processor_config(size, mean, std)
-  print(f'pretraining pool: {len(pool["images"])} images of {pool_split.classes}; mean {mean}, std {std}')
+  print(f'pretraining on {len(pool["images"])} images of {splits["train"].classes}; pixel mean {mean}, std {std}')
   logs = {}
   for name, spec in config.models.items():
-    params, logs[name] = train_model(name, spec, pool, probe, (mean, std), config.seed, config.log_every)
+    params, logs[name] = train_model(name, spec, pool, val, held_out, (mean, std), config.seed, config.log_every)
     cfg = vit.ViTConfig(**spec.vit)
     prep = preprocess.for_family(backbone._family_for_preprocessing(cfg.family), cfg.image_size, proc)
     backbone.save_backbone(backbone.Backbone(cfg, params, prep, position_resampling='bicubic',
                                              processor_config=proc), out / name, overwrite=True)
-    logs[name]['export'] = name
     logs[name]['export_bytes'] = sum(f.stat().st_size for f in (out / name).rglob('*') if f.is_file())
+  device = jax.devices()[0]
   record = {
       'what': 'stitchjax mini-VFMs: small ViTs pretrained by stitchjax (configs/pretrain_mini.py), not real VFMs',
-      'data': {'pretraining': dict(config.data), 'classes': pool_split.classes, 'images': len(pool['images']),
-               'pixel_mean': mean, 'pixel_std': std,
-               'probe': {**config.probe.to_dict(), 'classes': probe_data.classes,
-                         'train_images': len(probe['train']['images']), 'test_images': len(probe['test']['images'])}},
+      'data': {'pretraining': config.data.to_dict(), 'classes': splits['train'].classes,
+               'images': len(pool['images']), 'pixel_mean': mean, 'pixel_std': std,
+               'probe': config.probe.data.to_dict() | {
+                   'classes': probe_data.classes, 'fit_images': len(held_out['train']['images']),
+                   'scored_images': len(held_out['test']['images'])}},
       'processor_config': proc, 'seed': config.seed, 'models': logs,
-      'environment': {'jax': jax.__version__, 'device': f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}',
+      'environment': {'jax': jax.__version__, 'device': f'{device.platform}: {device.device_kind}',
                       'cpu_count': os.cpu_count(),
                       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')},
   }
@@ -491,10 +587,12 @@ def run(config) -> None:
   atomic.write_text(out / 'pretrain_log.json', text)
   atomic.write_text(pathlib.Path(config.workdir) / 'pretrain_log.json', text)
   for name, log in logs.items():
-    print(f'{name}: {log["steps"]} steps in {log["wall_seconds"]} s, final loss {log["final_loss"]}, '
-          f'k-NN accuracy on held-out classes {log["probe"]["knn_accuracy"][0]:.4f} (random init) -> '
-          f'{log["probe"]["knn_accuracy"][-1]:.4f}; export {out / name} ({log["export_bytes"]} bytes)')
+    first, last = ({k: v[i] for k, v in log['probe'].items()} for i in (0, -1))
+    print(f'{name}: {log["steps"]} steps in {log["wall_seconds"]} s, final loss {log["final_loss"]}; held-out '
+          f'classes, random init -> trained: linear probe {first["linear_probe_accuracy"]} -> '
+          f'{last["linear_probe_accuracy"]}, k-NN {first["knn_accuracy"]} -> {last["knn_accuracy"]}; '
+          f'{out / name} ({log["export_bytes"]} bytes)')
 
 
 def _jsonable(x):
-  return x.tolist() if hasattr(x, 'tolist') else list(x) if isinstance(x, tuple) else str(x)
+  return list(x) if isinstance(x, tuple) else x.tolist() if hasattr(x, 'tolist') else str(x)
