@@ -1,4 +1,4 @@
-"""Pretrains the mini-VFMs of the demo (configs/demo.py) and writes them to stitchjax/assets/mini.
+"""Pretrains the mini-VFMs of the demo (configs/demo.py, the default job) and writes them to stitchjax/assets/mini.
 
     python run.py --config configs/pretrain_mini.py
 

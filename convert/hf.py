@@ -7,6 +7,7 @@ fixed-resolution checkpoints use this layout), Siglip2VisionModel and Siglip2Mod
 (NaFlex, run on a fixed square grid). Both the hub's on-disk key names and
 transformers 5's in-memory names are accepted.
 """
+import dataclasses
 import json
 import pathlib
 
@@ -266,3 +267,104 @@ def load(directory) -> tuple[dict, str, dict, dict | None]:
   params = common.assemble(cfg, reader)
   processor = directory / 'preprocessor_config.json'
   return cfg.to_dict(), method, params, json.loads(processor.read_text()) if processor.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: stitchjax params -> a transformers directory (the layouts the project's own models use).
+
+WRITABLE = {'dinov2': 'Dinov2Model', 'siglip': 'SiglipVisionModel'}
+
+
+def _hf_config(cfg) -> dict:
+  """config.json of the transformers class that `vit_config` reads back as `cfg`."""
+  if cfg.family not in WRITABLE or cfg.num_registers or cfg.mlp != 'mlp' or cfg.pos_embed != 'learned':
+    raise ValueError(f'only plain {sorted(WRITABLE)} layouts can be written as transformers directories, '
+                     f'got family={cfg.family!r} (registers={cfg.num_registers}, mlp={cfg.mlp!r})')
+  act = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu', 'silu': 'silu',
+         'relu': 'relu'}[cfg.act]
+  common_fields = dict(hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
+                       image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=3,
+                       layer_norm_eps=cfg.norm_eps, hidden_act=act)
+  if cfg.family == 'dinov2':
+    if cfg.mlp_dim % cfg.dim:  # transformers' Dinov2Config stores the MLP width as an integer ratio
+      raise ValueError(f'Dinov2Model needs mlp_dim a multiple of dim, got mlp_dim={cfg.mlp_dim}, dim={cfg.dim}')
+    return common_fields | dict(architectures=['Dinov2Model'], model_type='dinov2', mlp_ratio=cfg.mlp_dim // cfg.dim,
+                                qkv_bias=cfg.qkv_bias[0], layerscale_value=1.0, use_swiglu_ffn=False)
+  return common_fields | dict(architectures=['SiglipVisionModel'], model_type='siglip_vision_model',
+                              intermediate_size=cfg.mlp_dim, vision_use_head=cfg.pool == 'map')
+
+
+def _state_dict(cfg, params) -> dict:
+  """The state dict (torch layouts: Linear (out, in), Conv2d (D, C, p, p)) under the names transformers'
+  `save_pretrained` writes for the class."""
+  top = {k: np.asarray(v, np.float32) for k, v in common.flat_paths(params).items() if not k.startswith('blocks/')}
+  stacked = {k[7:]: np.asarray(v, np.float32) for k, v in common.flat_paths(params).items() if k.startswith('blocks/')}
+  out = {}
+
+  def dense(key, src, ours):
+    out[key + '.weight'] = src[ours + '/kernel'].T
+    if ours + '/bias' in src:
+      out[key + '.bias'] = src[ours + '/bias']
+
+  def norm(key, src, ours):
+    out[key + '.weight'], out[key + '.bias'] = src[ours + '/scale'], src[ours + '/bias']
+
+  kernel = top['embed/patch/kernel'].transpose(3, 2, 0, 1)  # the inverse of common.conv
+  if cfg.family == 'dinov2':
+    e = 'embeddings.'
+    out[e + 'cls_token'] = top['embed/cls'].reshape(1, 1, -1)
+    out[e + 'mask_token'] = np.zeros((1, cfg.dim), np.float32)  # masked-image pretraining only; never read
+    out[e + 'position_embeddings'] = top['embed/pos'][None]
+    out[e + 'patch_embeddings.projection.weight'] = kernel
+    out[e + 'patch_embeddings.projection.bias'] = top['embed/patch/bias']
+    names = (('attn/q', 'attention.attention.query'), ('attn/k', 'attention.attention.key'),
+             ('attn/v', 'attention.attention.value'), ('attn/o', 'attention.output.dense'),
+             ('mlp/fc1', 'mlp.fc1'), ('mlp/fc2', 'mlp.fc2'))
+    layer, norms, final = 'encoder.layer.', (('norm1', 'norm1'), ('norm2', 'norm2')), 'layernorm'
+  else:
+    e = 'embeddings.'
+    out[e + 'patch_embedding.weight'] = kernel
+    out[e + 'patch_embedding.bias'] = top['embed/patch/bias']
+    out[e + 'position_embedding.weight'] = top['embed/pos']
+    names = (('attn/q', 'self_attn.q_proj'), ('attn/k', 'self_attn.k_proj'), ('attn/v', 'self_attn.v_proj'),
+             ('attn/o', 'self_attn.out_proj'), ('mlp/fc1', 'mlp.fc1'), ('mlp/fc2', 'mlp.fc2'))
+    layer, norms, final = 'encoder.layers.', (('norm1', 'layer_norm1'), ('norm2', 'layer_norm2')), 'post_layernorm'
+  for i in range(cfg.depth):
+    block, s = {k: v[i] for k, v in stacked.items()}, f'{layer}{i}.'
+    for ours, name in names:
+      dense(s + name, block, ours)
+    for ours, name in norms:
+      norm(s + name, block, ours)
+    if cfg.layer_scale:
+      out[s + 'layer_scale1.lambda1'], out[s + 'layer_scale2.lambda1'] = block['ls1'], block['ls2']
+  norm(final, top, 'norm')
+  if cfg.pool == 'map':
+    h = 'head.'
+    out[h + 'probe'] = top['head/probe'].reshape(1, 1, -1)
+    out[h + 'attention.in_proj_weight'] = np.concatenate([top[f'head/attn/{p}/kernel'].T for p in 'qkv'])
+    out[h + 'attention.in_proj_bias'] = np.concatenate([top[f'head/attn/{p}/bias'] for p in 'qkv'])
+    dense(h + 'attention.out_proj', top, 'head/attn/o')
+    norm(h + 'layernorm', top, 'head/norm')
+    dense(h + 'mlp.fc1', top, 'head/mlp/fc1')
+    dense(h + 'mlp.fc2', top, 'head/mlp/fc2')
+  return out
+
+
+def save(directory, cfg, params, processor_config: dict | None = None) -> None:
+  """Writes `params` as a transformers directory (config.json, model.safetensors, preprocessor_config.json)
+  that transformers' `from_pretrained` and `load` both read; atomically, and verified by reading it back."""
+  import safetensors.numpy
+
+  from stitchjax import atomic, vit
+  directory = pathlib.Path(directory)
+  with atomic.directory(directory) as tmp:
+    (tmp / 'config.json').write_text(json.dumps(_hf_config(cfg), indent=2))
+    state = {k: np.ascontiguousarray(v) for k, v in _state_dict(cfg, params).items()}
+    safetensors.numpy.save_file(state, str(tmp / 'model.safetensors'), metadata={'format': 'pt'})
+    if processor_config is not None:
+      (tmp / 'preprocessor_config.json').write_text(json.dumps(processor_config, indent=2))
+    fields, _, back, _ = load(tmp)
+    same_config = vit.ViTConfig(**fields) == dataclasses.replace(cfg, dtype='float32', remat=False)
+    back, want = common.flat_paths(back), common.flat_paths(params)
+    if not same_config or back.keys() != want.keys() or not all(np.array_equal(back[k], want[k]) for k in want):
+      raise CheckpointError(f'{directory}: the written checkpoint does not read back as the given model')

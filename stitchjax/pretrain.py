@@ -30,8 +30,10 @@ step) and normalises them exactly as the exported processor config does, so
 `load_backbone(export).preprocess` gives what the model was trained on.
 
 `run(config)` (job 'pretrain', configs/pretrain_mini.py) trains every configured model,
-logs loss curves and a k-NN probe on held-out classes, and writes each backbone as a
-stitchjax export plus a small JSON log of the recipe and curves.
+logs loss curves and linear-probe and k-NN accuracies on held-out classes, and writes each
+backbone as a transformers directory (Dinov2Model, SiglipVisionModel: `convert.hf.save`) that
+both `load_backbone` and transformers' `from_pretrained` read, plus a small JSON log of the
+recipe and curves.
 """
 import dataclasses
 import datetime
@@ -51,7 +53,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from stitchjax import atomic, backbone, data, preprocess, vit
+from convert import hf
+from stitchjax import atomic, data, vit
 
 # The exports' processor config: a square resize to the model's size (the identity at
 # that size) and normalisation by the pretraining images' statistics, filled in by `run`.
@@ -565,10 +568,8 @@ def run(config) -> None:
   logs = {}
   for name, spec in config.models.items():
     params, logs[name] = train_model(name, spec, pool, val, held_out, (mean, std), config.seed, config.log_every)
-    cfg = vit.ViTConfig(**spec.vit)
-    prep = preprocess.for_family(backbone._family_for_preprocessing(cfg.family), cfg.image_size, proc)
-    backbone.save_backbone(backbone.Backbone(cfg, params, prep, position_resampling='bicubic',
-                                             processor_config=proc), out / name, overwrite=True)
+    # The transformers layout: transformers' from_pretrained reads the mini-VFMs as well as load_backbone.
+    hf.save(out / name, vit.ViTConfig(**spec.vit), params, proc)
     logs[name]['export_bytes'] = sum(f.stat().st_size for f in (out / name).rglob('*') if f.is_file())
   device = jax.devices()[0]
   record = {

@@ -130,3 +130,32 @@ def test_corrupt_export_is_refused_and_cli_reports_it(hf_dir, tmp_path):
   result = _convert(out, tmp_path / 'again')
   assert result.returncode == 1 and 'cannot restore' in result.stderr
   assert not (tmp_path / 'again').exists()
+
+
+@pytest.mark.parametrize('name', ['dinov2', 'siglip', 'siglip_nohead'])
+def test_written_transformers_directory_is_the_reference_state_dict(name, tmp_path):
+  """hf.save inverts the converter: a checkpoint read in and written out is transformers' own state dict
+  (the masked-image token, unused by the forward, is written as zeros), and transformers loads it."""
+  from convert import hf
+  model = H.build(name, tmp_path / 'hf')
+  bb = load_backbone(tmp_path / 'hf')
+  hf.save(tmp_path / 'out', bb.config, bb.params)
+  written, reference = (safetensors.numpy.load_file(str(d / 'model.safetensors')) for d in (tmp_path / 'out',
+                                                                                             tmp_path / 'hf'))
+  reference.pop('embeddings.mask_token', None)
+  assert set(written) - {'embeddings.mask_token'} == set(reference)
+  for key, value in reference.items():
+    np.testing.assert_array_equal(written[key], value, err_msg=key)
+  reloaded = type(model).from_pretrained(tmp_path / 'out').eval()
+  x = H.images(2, bb.config.image_size)
+  assert H.rel_err(bb.blocks(bb.params, bb.embed(bb.params, x), 0, bb.config.depth),
+                   H.reference(reloaded, x).hidden_states[-1]) <= 1e-5
+
+
+def test_writing_an_unsupported_layout_names_it(tmp_path):
+  from convert import hf
+  H.build('dinov2_registers', tmp_path / 'hf')
+  bb = load_backbone(tmp_path / 'hf')
+  with pytest.raises(ValueError, match='registers=4'):
+    hf.save(tmp_path / 'out', bb.config, bb.params)
+  assert not (tmp_path / 'out').exists()

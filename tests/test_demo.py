@@ -27,7 +27,7 @@ def test_committed_weights_give_their_recorded_probe_accuracy(name):
 @needs_weights
 def test_shortened_demo_yields_every_expected_record(tmp_path):
   import importlib.util
-  spec = importlib.util.spec_from_file_location('demo_mini', ROOT / 'configs' / 'demo_mini.py')
+  spec = importlib.util.spec_from_file_location('demo', ROOT / 'configs' / 'demo.py')
   demo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(demo)
   c = demo.get_config()

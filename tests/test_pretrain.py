@@ -233,8 +233,11 @@ DOCUMENTED = {
 }
 
 
-# configs/pretrain_mini.py writes the exports; they are not committed yet (issue 4 is open).
-@pytest.mark.skipif(not (config_lib.MINI_DIR / 'dino_mini').exists(), reason='mini-VFM weights not committed yet')
+committed = pytest.mark.skipif(not (config_lib.MINI_DIR / 'dino_mini').exists(),
+                               reason='mini-VFM weights missing: python run.py --config configs/pretrain_mini.py')
+
+
+@committed
 @pytest.mark.parametrize('name', sorted(DOCUMENTED))
 def test_committed_exports_load_with_their_documented_config(name):
   bb = load_backbone(config_lib.MINI_DIR / name)
@@ -251,3 +254,25 @@ def test_committed_exports_load_with_their_documented_config(name):
   accuracy = log['models'][name]['probe']['linear_probe_accuracy']
   assert accuracy[-1] > accuracy[0] + 0.02
   assert (config_lib.MINI_DIR / 'pretrain_log.json').stat().st_size < 100_000
+
+
+@committed
+@pytest.mark.parametrize('name', sorted(DOCUMENTED))
+def test_committed_weights_match_transformers_at_every_layer(name):
+  """The committed directories are transformers checkpoints: from_pretrained reads them, and our forward
+  matches transformers' (eval mode, float32) at every layer boundary and in the pooled output."""
+  import torch
+  import transformers
+  bb = load_backbone(config_lib.MINI_DIR / name)
+  arch = json.loads((config_lib.MINI_DIR / name / 'config.json').read_text())['architectures'][0]
+  model = getattr(transformers, arch).from_pretrained(config_lib.MINI_DIR / name).eval()
+  x = bb.preprocess(np.random.default_rng(1).integers(0, 256, (3, 28, 28, 3), dtype=np.uint8))
+  with torch.no_grad():
+    ref = model(pixel_values=torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()), output_hidden_states=True)
+  rel = lambda ours, theirs: float(np.abs(np.asarray(ours) - theirs.numpy()).max() / np.abs(theirs.numpy()).max())
+  tokens = bb.embed(bb.params, x)
+  assert rel(tokens, ref.hidden_states[0]) <= 1e-5
+  for n in range(bb.config.depth):
+    tokens = bb.blocks(bb.params, tokens, n, n + 1)
+    assert rel(tokens, ref.hidden_states[n + 1]) <= 1e-5, n
+  assert rel(bb.pool(bb.params, bb.final(bb.params, tokens)), ref.pooler_output) <= 1e-5
