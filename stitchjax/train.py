@@ -13,6 +13,7 @@ epoch, so a killed run resumes at the last finished epoch with the same result.
 """
 import dataclasses
 import pathlib
+import time
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -34,6 +35,9 @@ class Schedule:
   batch_size: int = 128
   weight_decay: float = 1e-4
   seed: int = 0
+  # Save after an epoch only once this many seconds have passed since the last save (and always when
+  # training stops): an orbax save costs ~0.1 s, which dominates the epochs of small runs like the demo.
+  checkpoint_every_s: float = 0.0
 
   def __post_init__(self):
     for name in ('lr', 'epochs', 'patience', 'batch_size'):
@@ -123,6 +127,7 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
   step = make_step(loss_fn, optimizer)
   history = {'train_loss': [], 'val_score': []}
   bar = tqdm(total=schedule.epochs, initial=int(state.epoch), desc=desc, unit='epoch', leave=False)
+  saved_at = time.monotonic()
   while int(state.epoch) < schedule.epochs and int(state.bad_epochs) < schedule.patience:
     losses = []
     steps = tqdm(batches(train, schedule.batch_size, seed=schedule.seed, epoch=int(state.epoch)), desc='steps',
@@ -143,9 +148,11 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
                           bad_epochs=jnp.array(0) if better else state.bad_epochs + 1)
     history['train_loss'].append(train_loss)
     history['val_score'].append(score)
-    if manager is not None:
+    stopping = int(state.epoch) >= schedule.epochs or int(state.bad_epochs) >= schedule.patience
+    if manager is not None and (stopping or time.monotonic() - saved_at >= schedule.checkpoint_every_s):
       with atomic.disk_full_is_clear(f'the checkpoint of {desc} in {ckpt_dir}'):
         manager.save(int(state.epoch), args=_save_args(state))
+      saved_at = time.monotonic()
     bar.update()
     bar.set_postfix(loss=f'{train_loss:.4g}', val=f'{score:.4g}')
   bar.close()

@@ -51,10 +51,20 @@ def test_a_killed_runs_lock_is_taken_over(tmp_path):
       pass
 
 
-def _fit(ckpt, epochs, lr=1e-2):
+def _fit(ckpt, epochs, lr=1e-2, checkpoint_every_s=0.0):
   model, frozen, init, arrays = _tiny_problem('ffm_loss')
+  schedule = train.Schedule(lr=lr, epochs=epochs, patience=epochs, batch_size=32,
+                            checkpoint_every_s=checkpoint_every_s)
   return train.fit(model.ffm_loss, objectives.loss_score(model.ffm_loss, 32), init, frozen, arrays, arrays,
-                   train.Schedule(lr=lr, epochs=epochs, patience=epochs, batch_size=32), ckpt_dir=ckpt)
+                   schedule, ckpt_dir=ckpt)
+
+
+def test_a_checkpoint_interval_saves_when_due_and_when_training_stops(tmp_path):
+  every, _ = _fit(tmp_path / 'every', 3)
+  assert sorted(int(p.name) for p in (tmp_path / 'every').iterdir()) == [2, 3]  # max_to_keep=2
+  sparse, _ = _fit(tmp_path / 'sparse', 3, checkpoint_every_s=3600)
+  assert [p.name for p in (tmp_path / 'sparse').iterdir()] == ['3']
+  jax.tree.map(np.testing.assert_array_equal, sparse, every)
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_step(tmp_path):
