@@ -6,9 +6,14 @@ Fields (all overridable: `--config.layers=14,22 --config.backbones.dinov2.path=/
 - data: {kind, root, ...}, see stitchjax/data.py;
 - pairs: 'source:target,...'; every backbone in a pair also gets self-stitch cells;
 - layers, methods, stitch_layer, train.lrs: comma-separated lists;
-- train: epochs, patience, lrs, batch_size.{lfm, default, ...}, weight_decay;
+- train: epochs, patience, lrs, batch_size.{lfm, default, ...}, weight_decay, checkpoint_every_s (0: a
+  resumable checkpoint after every epoch; more: at most one per that many seconds, for runs of tiny epochs);
 - dtype: compute dtype of backbones and stitch (parameters stay float32);
-- export: the methods whose trained stitched classifiers are exported for load_stitched.
+- task: 'classification' (a linear head on pooled features) or 'segmentation' (a linear decoder on
+  the final patch tokens, scored by mIoU; needs a segmentation data kind and label_size, the
+  evaluation resolution; see stitchjax/segmentation.py);
+- export: the methods whose trained stitched classifiers are exported for load_stitched;
+- analysis_only: skip training and only rewrite the Figures 2-6 / Table 12 analyses of the workdir.
 """
 import pathlib
 
@@ -31,10 +36,14 @@ PAPER_BACKBONES = {
 }
 
 
-def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES) -> ml_collections.ConfigDict:
+def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES, task: str = 'classification',
+              label_size: int = 336) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.job = 'stitch'
   c.workdir = workdir
+  c.task = task
+  if task == 'segmentation':
+    c.label_size = label_size  # labels are resized (nearest) to label_size x label_size for loss and mIoU
   c.seed = 0
   c.dtype = 'bfloat16'  # bf16 compute, fp32 master weights (A.2.2)
   c.backbones = {name: dict(spec) for name, spec in backbones.items()}
@@ -45,9 +54,10 @@ def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES) -> ml
   c.stitch_layer = 'mlp'  # or a list: 'linear,mlp,lora'
   c.lora_rank = 8
   c.train = dict(epochs=100, patience=5, lrs='0.001,0.005,0.01', weight_decay=1e-4,
-                 batch_size=dict(lfm=256, default=128))
+                 batch_size=dict(lfm=256, default=128), checkpoint_every_s=0.0)
   c.feature_batch_size = 64
   c.cache_dir = ''  # default: <workdir>/cache
-  c.export = 'ffm_tlt'
+  c.export = 'ffm_tlt' if task == 'classification' else ''  # segmentation models are not exported
+  c.analysis_only = False  # True: train nothing, rewrite the analyses (stitchjax/analysis.py) from the workdir
   c.distributed = False  # True: jax.distributed.initialize() first (one process per host)
   return c

@@ -70,6 +70,31 @@ Kinds (`kind`: layout under `root`; options with defaults):
   (optionally .gz) in root, by default /usr/share/datasets/fashion-mnist
   (Debian package dataset-fashion-mnist). 28x28 grayscale, repeated to RGB.
 
+Segmentation kinds (paper 5.1, A.2.4). Each example also has an annotation,
+`split.annotation(i)`: uint8 (H, W) of the image's size, 0 = ignored, k = pixel
+class k - 1 of `Dataset.classes` (ADE20K's "reduce_zero_label" convention). The
+image-level `labels` only group examples for `val_fraction`/`limit_per_class`
+(and `classes` for fashion_mnist_seg); `Dataset.classes` are the pixel classes.
+
+* ade20k: the official ADEChallengeData2016 release, root/images/{training,
+  validation}/<id>.jpg and root/annotations/{training,validation}/<id>.png
+  (mode L, values 0..150). training -> train (val is carved from it),
+  validation (2,000 images, the labelled held-out split) -> test. Every image
+  and every annotation must have its partner of the same stem. All images are
+  one group ('scene'), so limit_per_class limits images per split.
+* scene_parse150: the same data prepared as the tfds dataset scene_parse150
+  (array_record, read without TensorFlow like `tfds`); name='scene_parse150',
+  train_split='train', test_split='test', image_key='image',
+  annotation_key='annotation'.
+* fashion_mnist_seg: a small real-image segmentation task for the demo, the
+  Fashion-MNIST images of `fashion_mnist` with per-pixel labels: pixels >=
+  foreground=48 are the garment (annotation 2 + its Fashion-MNIST class id),
+  pixels <= background=8 are background (annotation 1), pixels in between
+  (soft edges) are ignored (0). Pixel classes: background and the ten garments,
+  whatever `classes` keeps (a fixed label space, like ADE20K's 150); the
+  image-level labels are the garment classes, so `classes` and
+  `limit_per_class` work as for fashion_mnist.
+
 Images are opened with PIL and converted to RGB as torchvision's loader does
 (no EXIF rotation). Errors name the file and what was expected.
 
@@ -102,6 +127,26 @@ FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                          'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+# ADE20K's 150 pixel classes in annotation order (value k = class k - 1), short names as in mmseg.
+ADE20K_CLASSES = (
+    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane', 'grass', 'cabinet',
+    'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant', 'curtain', 'chair', 'car', 'water',
+    'painting', 'sofa', 'shelf', 'house', 'sea', 'mirror', 'rug', 'field', 'armchair', 'seat', 'fence', 'desk',
+    'rock', 'wardrobe', 'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
+    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace', 'refrigerator', 'grandstand', 'path',
+    'stairs', 'runway', 'case', 'pool table', 'pillow', 'screen door', 'stairway', 'river', 'bridge', 'bookcase',
+    'blind', 'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove', 'palm',
+    'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine', 'hovel', 'bus', 'towel', 'light',
+    'truck', 'tower', 'chandelier', 'awning', 'streetlight', 'booth', 'television receiver', 'airplane',
+    'dirt track', 'apparel', 'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster',
+    'stage', 'van', 'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything', 'swimming pool', 'stool',
+    'barrel', 'basket', 'waterfall', 'tent', 'bag', 'minibike', 'cradle', 'oven', 'ball', 'food', 'step', 'tank',
+    'trade name', 'microwave', 'pot', 'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture',
+    'hood', 'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen', 'plate', 'monitor',
+    'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag')
+# Segmentation kinds -> their pixel classes (index = annotation value - 1).
+PIXEL_CLASSES = {'ade20k': ADE20K_CLASSES, 'scene_parse150': ADE20K_CLASSES,
+                 'fashion_mnist_seg': ('background',) + FASHION_MNIST_CLASSES}
 AIRCRAFT_BANNER = 20  # rows of copyright banner at the bottom of each FGVC-Aircraft image
 FMOW_NOT_A_CLASS = 'false_detection'
 
@@ -116,6 +161,10 @@ _OPTIONS = {
              'test_per_class': 50, 'test_from': 'train'},
     'aircraft': {},
     'fashion_mnist': {'root': FASHION_MNIST_ROOT},
+    'ade20k': {},
+    'scene_parse150': {'name': 'scene_parse150', 'train_split': 'train', 'test_split': 'test', 'image_key': 'image',
+                       'annotation_key': 'annotation'},
+    'fashion_mnist_seg': {'root': FASHION_MNIST_ROOT, 'foreground': 48, 'background': 8},
 }
 
 
@@ -125,10 +174,13 @@ _OPTIONS = {
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FileReader:
-  """Image files, each optionally cropped to a box; `trim_bottom` rows cut off every image."""
+  """Image files, each optionally cropped to a box; `trim_bottom` rows cut off every image.
+  Segmentation: `annotations[k]` is image k's label PNG (uncropped, values 0..num_classes)."""
   paths: tuple[str, ...]
   boxes: tuple[tuple[int, int, int, int], ...] | None = None  # (x0, y0, x1, y1), end-exclusive
   trim_bottom: int = 0
+  annotations: tuple[str, ...] | None = None
+  num_classes: int = 0
 
   def read(self, k: int) -> np.ndarray:
     path = self.paths[k]
@@ -140,12 +192,17 @@ class FileReader:
       image = image[:-self.trim_bottom]
     return image
 
+  def read_annotation(self, k: int) -> np.ndarray:
+    return _decode_annotation(self.annotations[k], self.annotations[k], self.num_classes)
+
   def describe(self) -> dict:
-    return {'reader': 'file', 'trim_bottom': self.trim_bottom}
+    out = {'reader': 'file', 'trim_bottom': self.trim_bottom}
+    return out if self.annotations is None else out | {'num_classes': self.num_classes}
 
   def identify(self, keys):
     for k in keys:
-      yield [*_stat(self.paths[k]), None if self.boxes is None else self.boxes[k]]
+      item = [*_stat(self.paths[k]), None if self.boxes is None else self.boxes[k]]
+      yield item if self.annotations is None else item + _stat(self.annotations[k])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -165,19 +222,38 @@ class ArrayReader:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class FashionSegReader(ArrayReader):
+  """Fashion-MNIST images whose annotation is derived from the image and its class (see fashion_mnist_seg)."""
+  classes: np.ndarray  # (N,) Fashion-MNIST class id of each record
+  foreground: int
+  background: int
+
+  def read_annotation(self, k: int) -> np.ndarray:
+    pixels = self.images[k]
+    garment = np.uint8(2 + self.classes[k])
+    return np.where(pixels >= self.foreground, garment, np.where(pixels <= self.background, 1, 0)).astype(np.uint8)
+
+  def describe(self) -> dict:
+    return super().describe() | {'reader': 'idx_seg', 'foreground': self.foreground, 'background': self.background}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class TfdsReader:
   """Records of an array_record tfds split; images come as encoded bytes and PIL decodes them."""
   name: str
   split: str
   data_dir: str
   image_key: str
+  annotation_key: str | None = None  # segmentation: an Image feature of label maps
+  num_classes: int = 0
 
   @functools.cached_property
   def source(self):
     import tensorflow_datasets as tfds  # only this kind needs it, and it is slow to import
+    encoded = [k for k in (self.image_key, self.annotation_key) if k is not None]
     try:
       return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
-                              decoders={self.image_key: tfds.decode.SkipDecoding()})
+                              decoders={k: tfds.decode.SkipDecoding() for k in encoded})
     except Exception as e:  # tfds raises many types; say what was expected where
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ValueError(f'tfds.data_source({self.name!r}, split={self.split!r}, data_dir={self.data_dir!r}) '
@@ -193,11 +269,18 @@ class TfdsReader:
     encoded = self.source[int(k)][self.image_key]
     return _decode(io.BytesIO(encoded), f'{self.name}/{self.split}[{int(k)}]', None)
 
+  def read_annotation(self, k: int) -> np.ndarray:
+    encoded = self.source[int(k)][self.annotation_key]
+    return _decode_annotation(io.BytesIO(encoded), f'{self.name}/{self.split}[{int(k)}].{self.annotation_key}',
+                              self.num_classes)
+
   def describe(self) -> dict:
     version_dir = pathlib.Path(self.source.dataset_info.data_dir)
     files = [_stat(p) for p in sorted(version_dir.iterdir()) if p.is_file()]
-    return {'reader': 'tfds', 'name': self.name, 'split': self.split, 'image_key': self.image_key,
-            'files': files}
+    out = {'reader': 'tfds', 'name': self.name, 'split': self.split, 'image_key': self.image_key,
+           'files': files}
+    return out if self.annotation_key is None else out | {'annotation_key': self.annotation_key,
+                                                           'num_classes': self.num_classes}
 
   def identify(self, keys):
     return (int(k) for k in keys)
@@ -225,6 +308,25 @@ def _decode(source, name: str, box) -> np.ndarray:
 
 
 _UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _decode_annotation(source, name: str, num_classes: int) -> np.ndarray:
+  """uint8 (H, W) label map of an encoded single-channel PNG (mode L, or P read as its indices)."""
+  try:
+    with Image.open(source) as image:
+      mode = image.mode
+      labels = np.asarray(image) if mode in ('L', 'P') else None
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'{name}: annotation file not found') from e
+  except _UNDECODABLE as e:
+    raise ValueError(f'{name}: cannot decode annotation ({e}); expected a single-channel PNG') from e
+  if labels is None:
+    raise ValueError(f'{name}: annotation has PIL mode {mode!r}, expected a single-channel (L or P) PNG of '
+                     'class indices (a colour-coded RGB map is not a label map)')
+  if labels.max(initial=0) > num_classes:
+    raise ValueError(f'{name}: annotation value {labels.max()} exceeds the {num_classes} classes '
+                     f'(expected 0 = ignored, 1..{num_classes})')
+  return labels
 
 
 def _undecodable(name, e) -> ValueError:
@@ -268,6 +370,10 @@ class Split:
     """uint8 (H, W, 3) RGB of example i."""
     return self.reader.read(self.keys[i])
 
+  def annotation(self, i: int) -> np.ndarray:
+    """Segmentation kinds: uint8 (H, W) label map of example i (0 ignored, k = pixel class k - 1)."""
+    return self.reader.read_annotation(self.keys[i])
+
   def subset(self, indices) -> 'Split':
     indices = np.asarray(indices, np.int64)
     return dataclasses.replace(self, keys=self.keys[indices], labels=self.labels[indices])
@@ -287,8 +393,12 @@ class Split:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   kind: str
-  classes: list[str]
+  classes: list[str]  # the labels' classes: image classes, or for segmentation kinds the pixel classes
   splits: dict[str, Split]  # 'train', 'val', 'test'
+
+  @property
+  def task(self) -> str:
+    return 'segmentation' if self.kind in PIXEL_CLASSES else 'classification'
 
 
 def load(config) -> Dataset:
@@ -302,7 +412,7 @@ def load(config) -> Dataset:
   splits = {'train': train, 'val': val, 'test': test}
   if c['limit_per_class'] is not None:
     splits = {name: _limit(s, c['limit_per_class'], c['seed'], name) for name, s in splits.items()}
-  return Dataset(kind=c['kind'], classes=list(train.classes), splits=splits)
+  return Dataset(kind=c['kind'], classes=list(PIXEL_CLASSES.get(c['kind'], train.classes)), splits=splits)
 
 
 def load_options(config) -> dict:
@@ -310,7 +420,9 @@ def load_options(config) -> dict:
   given = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
   kind = given.get('kind')
   if kind not in _OPTIONS:
-    raise ValueError(f'data.kind={kind!r} is not one of {sorted(_OPTIONS)}')
+    classification = sorted(set(_OPTIONS) - set(PIXEL_CLASSES))
+    raise ValueError(f'data.kind={kind!r} is not one of {classification} (classification) or '
+                     f'{sorted(PIXEL_CLASSES)} (segmentation)')
   c = {**_COMMON, **_OPTIONS[kind]}
   unknown = sorted(set(given) - set(c))
   if unknown:
@@ -654,6 +766,18 @@ def _fashion_mnist(c) -> tuple[Split, Split]:
   return tuple(splits)
 
 
+def _fashion_mnist_seg(c) -> tuple[Split, Split]:
+  fg, bg = c['foreground'], c['background']
+  if not (_is_int(fg) and _is_int(bg) and 0 <= bg < fg <= 255):
+    raise ValueError(f'data.background={bg!r}, data.foreground={fg!r}: expected ints with 0 <= background < '
+                     'foreground <= 255')
+  out = []
+  for s in _fashion_mnist(c):
+    reader = FashionSegReader(s.reader.images, s.reader.files, s.labels, fg, bg)
+    out.append(dataclasses.replace(s, kind='fashion_mnist_seg', reader=reader))
+  return tuple(out)
+
+
 def _idx_file(root: pathlib.Path, stem: str, how: str) -> pathlib.Path:
   for name in (stem, stem + '.gz'):
     if (root / name).is_file():
@@ -701,8 +825,53 @@ def _tfds_split(c, root: pathlib.Path, split: str) -> Split:
   return Split('tfds', classes, reader, np.arange(n), labels)
 
 
+def _ade20k(c) -> tuple[Split, Split]:
+  root = _root(c)
+  layout = ('the ADEChallengeData2016 layout: images/{training,validation}/*.jpg, '
+            'annotations/{training,validation}/*.png')
+  splits = []
+  for folder in ('training', 'validation'):
+    images = _by_stem(_dir(root / 'images' / folder, f'<id>.jpg images ({layout})'), '.jpg')
+    annotations = _by_stem(_dir(root / 'annotations' / folder, f'<id>.png label maps ({layout})'), '.png')
+    if not images:
+      raise ValueError(f'{root / "images" / folder}: no .jpg images ({layout})')
+    unpaired = [(f'images/{folder}', sorted(set(images) - set(annotations)), f'annotations/{folder}', '.png'),
+                (f'annotations/{folder}', sorted(set(annotations) - set(images)), f'images/{folder}', '.jpg')]
+    for have, stems, lacking, ext in unpaired:
+      if stems:
+        shown = ', '.join(stems[:5]) + (f' and {len(stems) - 5} more' if len(stems) > 5 else '')
+        raise ValueError(f'{root}: {len(stems)} file(s) in {have} have no {ext} partner of the same name in '
+                         f'{lacking}: {shown}')
+    stems = sorted(images)
+    reader = FileReader(tuple(images[k] for k in stems), annotations=tuple(annotations[k] for k in stems),
+                        num_classes=len(ADE20K_CLASSES))
+    splits.append(Split('ade20k', ('scene',), reader, np.arange(len(stems)), np.zeros(len(stems))))
+  return tuple(splits)
+
+
+def _by_stem(folder: pathlib.Path, ext: str) -> dict[str, str]:
+  return {e.name[:-len(ext)]: str(folder / e.name) for e in os.scandir(folder)
+          if e.name.endswith(ext) and not e.name.startswith('.')}
+
+
+def _scene_parse150(c) -> tuple[Split, Split]:
+  import tensorflow_datasets as tfds
+  root, splits = _root(c), []
+  for split in (c['train_split'], c['test_split']):
+    reader = TfdsReader(c['name'], split, str(root), c['image_key'], c['annotation_key'], len(ADE20K_CLASSES))
+    features = reader.source.dataset_info.features
+    for key in (c['image_key'], c['annotation_key']):
+      if key not in features or not isinstance(features[key], tfds.features.Image):
+        raise ValueError(f'tfds dataset {c["name"]!r} in {reader.source.dataset_info.data_dir}: expected an Image '
+                         f'feature {key!r}, features are {list(features)}')
+    n = len(reader.source)
+    splits.append(Split('scene_parse150', ('scene',), reader, np.arange(n), np.zeros(n)))
+  return tuple(splits)
+
+
 _LOADERS = {'image_folder': _image_folder, 'tfds': _tfds, 'fmow': _fmow, 'inat': _inat,
-            'aircraft': _aircraft, 'fashion_mnist': _fashion_mnist}
+            'aircraft': _aircraft, 'fashion_mnist': _fashion_mnist, 'ade20k': _ade20k,
+            'scene_parse150': _scene_parse150, 'fashion_mnist_seg': _fashion_mnist_seg}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -720,13 +889,22 @@ class _Example:
     return image, np.int32(self.split.labels[i]), np.int32(i)
 
 
-def check_images(split: Split, name: str, skip_corrupt: bool) -> tuple[Split, list[str]]:
+def check_images(split: Split, name: str, skip_corrupt: bool, annotated: bool = False) -> tuple[Split, list[str]]:
   """Decodes every image of `split` once. Unreadable ones are reported with their paths: an error
-  naming them all, or, with skip_corrupt, the split without them and their descriptions."""
+  naming them all, or, with skip_corrupt, the split without them and their descriptions.
+  `annotated` (segmentation kinds): each annotation too, which must have its image's size."""
   bad, errors = [], []
   for i in tqdm(range(len(split)), desc=f'checking {name} images', unit='image', leave=False):
     try:
-      split.image(i)
+      image = split.image(i)
+      if annotated:
+        labels = split.annotation(i)
+        if labels.shape != image.shape[:2]:
+          k = int(split.keys[i])
+          where = (split.reader.annotations[k] if isinstance(split.reader, FileReader)
+                   else f'{split.kind} record {k}')
+          raise ValueError(f'{where}: annotation is {labels.shape[1]}x{labels.shape[0]} (WxH) but its image is '
+                           f'{image.shape[1]}x{image.shape[0]}; image and annotation pairs must match')
     except (OSError, ValueError) as e:
       bad.append(i)
       errors.append(str(e))

@@ -12,6 +12,11 @@ All functions take `(trainable, frozen, batch)`:
 - tlt:  cross-entropy of a linear head on the stitched model's pooled output;
 - probe: cross-entropy of a linear head on fixed features.
 Feature distances average the squared error over tokens and channels.
+
+Segmentation (task='segmentation', paper §5.1, A.2.5): the head is a linear decoder on
+the final *patch* tokens, 'label' holds (B, L, L) annotations, the losses are per-pixel
+cross-entropy and the predictions are per-class pixel counts for mIoU
+(stitchjax/segmentation.py); lfm and ffm do not depend on the task.
 """
 import dataclasses
 
@@ -20,8 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from stitchjax import segmentation
 from stitchjax import stitch as stitch_lib
 from stitchjax import vit
+
+TASKS = ('classification', 'segmentation')
 
 
 def _masked_mean(per_example, mask):
@@ -48,6 +56,7 @@ class Stitched:
   """The stitched model from layer n on, run on cached source tokens."""
   spec: stitch_lib.StitchSpec
   target: vit.ViTConfig  # with the compute dtype the run uses
+  task: str = 'classification'  # or 'segmentation': a linear decoder on the final patch tokens
 
   def at_stitch(self, trainable, frozen, source_tokens):
     return stitch_lib.apply(self.spec, trainable['stitch'], source_tokens, frozen.get('block'))
@@ -60,6 +69,10 @@ class Stitched:
   def pooled(self, trainable, frozen, source_tokens):
     return vit.pool(self.target, frozen['target'], self.final(trainable, frozen, source_tokens))
 
+  def _with_patches(self, trainable, frozen, batch):
+    """Segmentation: the batch with 'features' = the stitched model's final patch tokens (B, g*g, D)."""
+    return batch | {'features': self.final(trainable, frozen, batch['source'])[:, self.target.num_prefix_tokens:]}
+
   # Losses (lower is better).
   def lfm_loss(self, trainable, frozen, batch):
     return _masked_mean(_sq_dist(self.at_stitch(trainable, frozen, batch['source']), batch['target_layer']),
@@ -70,6 +83,8 @@ class Stitched:
                         batch['mask'])
 
   def tlt_loss(self, trainable, frozen, batch):
+    if self.task == 'segmentation':
+      return decoder_loss(trainable, frozen, self._with_patches(trainable, frozen, batch))
     logits = head_apply(trainable['head'], self.pooled(trainable, frozen, batch['source']))
     return _masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']), batch['mask'])
 
@@ -80,10 +95,20 @@ class Stitched:
             'final_distance': _sq_dist(self.final(trainable, frozen, batch['source']), batch['target_final'])}
 
   def predictions(self, trainable, frozen, batch):
+    if self.task == 'segmentation':
+      return decoder_counts(trainable, frozen, self._with_patches(trainable, frozen, batch))
     return {'prediction': jnp.argmax(head_apply(trainable['head'], self.pooled(trainable, frozen, batch['source'])), -1)}
 
   def features(self, trainable, frozen, batch):
     return {'features': self.pooled(trainable, frozen, batch['source'])}
+
+  # Segmentation probe of a trained stitch: its params come in frozen['stitch'], only the decoder trains.
+  # (Classification probes cached pooled features instead; dense tokens of a whole split are too large.)
+  def frozen_stitch_loss(self, trainable, frozen, batch):
+    return self.tlt_loss(trainable | {'stitch': frozen['stitch']}, frozen, batch)
+
+  def frozen_stitch_counts(self, trainable, frozen, batch):
+    return self.predictions(trainable | {'stitch': frozen['stitch']}, frozen, batch)
 
 
 def probe_loss(trainable, frozen, batch):
@@ -95,6 +120,19 @@ def probe_loss(trainable, frozen, batch):
 def probe_predictions(trainable, frozen, batch):
   del frozen
   return {'prediction': jnp.argmax(head_apply(trainable['head'], batch['features']), -1)}
+
+
+def decoder_loss(trainable, frozen, batch):
+  """Segmentation probe: linear decoder on fixed patch tokens 'features' (B, g*g, D), 'label' (B, L, L)."""
+  del frozen
+  logits = segmentation.decode(trainable['head'], batch['features'], batch['label'].shape[-1])
+  return segmentation.pixel_loss(logits, batch['label'], batch['mask'])
+
+
+def decoder_counts(trainable, frozen, batch):
+  del frozen
+  logits = segmentation.decode(trainable['head'], batch['features'], batch['label'].shape[-1])
+  return segmentation.pixel_counts(logits, batch['label'])
 
 
 def evaluate(fn, trainable, frozen, arrays: dict, batch_size: int, put=lambda b: b) -> dict:
@@ -124,6 +162,13 @@ def accuracy_score(predict_fn, batch_size: int, put=lambda b: b):
   def score(trainable, frozen, arrays):
     pred = evaluate(predict_fn, trainable, frozen, arrays, batch_size, put)['prediction']
     return float(np.mean(pred == np.asarray(arrays['label'][:len(pred)])))
+  return score
+
+
+def miou_score(counts_fn, batch_size: int, put=lambda b: b):
+  """A validation score for fit(): mIoU of counts_fn's per-example pixel counts over the split."""
+  def score(trainable, frozen, arrays):
+    return segmentation.miou(evaluate(counts_fn, trainable, frozen, arrays, batch_size, put))['miou']
   return score
 
 

@@ -15,6 +15,12 @@ validation split, and keeps the one with the best validation score; each
 re-run continues where it stopped and never recomputes a finished unit.
 Everything trains from the feature cache: no backbone forward runs in training
 except the target suffix after the stitch.
+
+`config.task='segmentation'` (paper §5.1, Table 2's ADE20K column) runs the same cells
+with a linear decoder on the final patch tokens in place of the linear head: `lp`
+decodes each backbone's cached final patch tokens, `lfm`/`ffm` train the stitch as
+above and then a decoder on the frozen stitched model, `tlt`/`ffm_tlt` train stitch and
+decoder with per-pixel cross-entropy; the metric is 'miou' (stitchjax/segmentation.py).
 """
 import dataclasses
 import json
@@ -27,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stitchjax import data as data_lib
-from stitchjax import atomic, export, features, objectives, train
+from stitchjax import atomic, export, features, objectives, segmentation, train
 from stitchjax import stitch as stitch_lib
 from stitchjax.backbone import load_backbone
 
@@ -96,6 +102,20 @@ def validate(config, backbones: dict | None = None) -> None:
     for name in (source, target):
       if name not in config.backbones:
         raise ValueError(f'config.pairs: backbone {name!r} is not in config.backbones ({sorted(config.backbones)})')
+  task = config.get('task', 'classification')
+  if task not in objectives.TASKS:
+    raise ValueError(f'config.task={task!r} is not one of {objectives.TASKS}')
+  data_task = 'segmentation' if config.data.get('kind') in data_lib.PIXEL_CLASSES else 'classification'
+  if task != data_task:
+    raise ValueError(f'config.task={task!r}, but config.data.kind={config.data.get("kind")!r} is a {data_task} '
+                     f'dataset; segmentation kinds are {sorted(data_lib.PIXEL_CLASSES)}')
+  if task == 'segmentation':
+    size = config.get('label_size')
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+      raise ValueError(f'config.label_size={size!r} must be a positive int (the evaluation resolution)')
+    if as_list(config.export):
+      raise ValueError(f'config.export={config.export!r}: segmentation stitched models are not exported; '
+                       "set --config.export=''")
   t = config.train
   for field in ('epochs', 'patience'):
     if not t[field] > 0:
@@ -125,6 +145,7 @@ class Runner:
     self.config = config
     self.workdir = pathlib.Path(config.workdir)
     self.placement = train.Placement.data_parallel()
+    self.task = config.get('task', 'classification')
     self.data = data_lib.load(config.data)
     for name, split in self.data.splits.items():
       if not len(split):
@@ -135,6 +156,8 @@ class Runner:
     self.backbones = {name: load_backbone(spec.path, image_size=spec.get('image_size'), dtype=jnp.dtype(config.dtype))
                       for name, spec in config.backbones.items()
                       if any(name in p for p in pairs(config))}
+    if self.task == 'segmentation':  # whole images, and every backbone sees the same pixels (segmentation.py)
+      self.backbones = {name: segmentation.dense(bb) for name, bb in self.backbones.items()}
     validate(config, self.backbones)
     self.cache = features.Cache(config.get('cache_dir') or self.workdir / 'cache')
     self.num_classes = len(self.data.classes)
@@ -148,6 +171,8 @@ class Runner:
                 'splits': {name: split.fingerprint for name, split in self.data.splits.items()},
                 'backbones': {name: self.cache.backbone_digest(bb) for name, bb in self.backbones.items()},
                 'train': c.train.to_dict(), 'dtype': c.dtype, 'seed': c.seed, 'lora_rank': c.lora_rank}
+    if self.task == 'segmentation':  # (classification workdirs keep their identity unchanged)
+      identity |= {'task': self.task, 'label_size': c.label_size}
     path = self.workdir / 'run.json'
     if not path.exists():
       _write_json(path, identity)
@@ -174,14 +199,15 @@ class Runner:
     skipped = {}
     for name, split in list(self.data.splits.items()):
       if split.fingerprint not in known:
-        _, errors = data_lib.check_images(split, name, skip_corrupt=True)
+        _, errors = data_lib.check_images(split, name, skip_corrupt=True, annotated=self.task == 'segmentation')
         known[split.fingerprint] = errors
         _write_json(record, known)
       errors = known[split.fingerprint]
       if errors and not skip_corrupt:
-        data_lib.check_images(split, name, skip_corrupt=False)  # raises, naming every path
+        data_lib.check_images(split, name, skip_corrupt=False, annotated=self.task == 'segmentation')  # raises
       if errors:
-        self.data.splits[name], _ = data_lib.check_images(split, name, skip_corrupt=True)
+        self.data.splits[name], _ = data_lib.check_images(split, name, skip_corrupt=True,
+                                                          annotated=self.task == 'segmentation')
         warnings.warn(f'skipping {len(errors)} unreadable {name} image(s), e.g. {errors[0]}')
       skipped[name] = len(errors)
     return skipped
@@ -192,7 +218,16 @@ class Runner:
                              final=True, pooled=bb.config.pool != 'none', batch_size=self.config.feature_batch_size)
 
   def labels(self, split: str) -> np.ndarray:
+    """Classification: int32 (N,); segmentation: uint8 (N, L, L) annotations at config.label_size."""
+    if self.task == 'segmentation':
+      return segmentation.label_maps(self.data.splits[split], int(self.config.label_size), self.cache.root / 'labels')
     return np.asarray(self.data.splits[split].labels, np.int32)
+
+  def _task_fns(self):
+    """(probe loss, probe predictions, validation score) of the task's linear head or decoder."""
+    if self.task == 'segmentation':
+      return objectives.decoder_loss, objectives.decoder_counts, objectives.miou_score
+    return objectives.probe_loss, objectives.probe_predictions, objectives.accuracy_score
 
   def batch_size(self, method: str) -> int:
     sizes = self.config.train.batch_size
@@ -209,7 +244,8 @@ class Runner:
       d = root / f'lr_{lr:g}'
       if not (d / 'done.json').exists():
         schedule = train.Schedule(lr=lr, epochs=int(t.epochs), patience=int(t.patience), batch_size=batch_size,
-                                  weight_decay=float(t.weight_decay), seed=int(self.config.seed))
+                                  weight_decay=float(t.weight_decay), seed=int(self.config.seed),
+                                  checkpoint_every_s=float(t.get('checkpoint_every_s', 0.0)))
         params, history = train.fit(loss_fn, score_fn, init, frozen, train_arrays, val_arrays, schedule,
                                     d / 'ckpt', desc=f'{unit} lr={lr:g}', placement=self.placement)
         train.save_tree(d / 'params', params)
@@ -219,15 +255,15 @@ class Runner:
     return train.load_tree(root / f'lr_{best:g}' / 'params', init), best, done[best]
 
   def probe(self, unit: str, feats: dict) -> tuple[dict, float, float]:
-    """Linear probe on fixed features {split: (N, D)}: (test predictions record fields, lr, val accuracy)."""
+    """Linear probe on fixed features {split: (N, D)} (segmentation: patch tokens (N, g*g, D)):
+    (test predictions {name: (N, ...)}, lr, val score)."""
     bs = self.batch_size('lp')
+    loss, predict, score = self._task_fns()
     arrays = {s: {'features': feats[s], 'label': self.labels(s)} for s in ('train', 'val', 'test')}
     init = {'head': objectives.head_init(feats['train'].shape[-1], self.num_classes)}
-    score = objectives.accuracy_score(objectives.probe_predictions, bs, self.placement.batch)
-    params, lr, val = self.sweep(unit, objectives.probe_loss, score, init, {}, arrays['train'], arrays['val'], bs)
-    pred = objectives.evaluate(objectives.probe_predictions, params, {}, arrays['test'], bs,
-                               self.placement.batch)['prediction']
-    return pred, lr, val
+    params, lr, val = self.sweep(unit, loss, score(predict, bs, self.placement.batch), init, {}, arrays['train'],
+                                 arrays['val'], bs)
+    return objectives.evaluate(predict, params, {}, arrays['test'], bs, self.placement.batch), lr, val
 
   # Cells.
   def run(self, cell: Cell) -> list[dict]:
@@ -244,10 +280,23 @@ class Runner:
     return records
 
   def run_lp(self, cell: Cell) -> list[dict]:
-    feats = {s: self.feats(cell.source, s)['pooled'] for s in ('train', 'val', 'test')}
+    if self.task == 'segmentation':  # the decoder reads the final patch tokens (a view of the cache)
+      prefix = self.backbones[cell.source].config.num_prefix_tokens
+      feats = {s: self.feats(cell.source, s)['final'][:, prefix:] for s in ('train', 'val', 'test')}
+    else:
+      feats = {s: self.feats(cell.source, s)['pooled'] for s in ('train', 'val', 'test')}
     pred, lr, val = self.probe(cell.id, feats)
     self._save_predictions(cell, pred)
-    return [cell.record('val', 'accuracy', val, lr=lr), self._test_accuracy(cell, pred, lr=lr)]
+    return self._test_records(cell, pred, val, lr=lr)
+
+  def _test_records(self, cell: Cell, pred: dict, val: float, **extra) -> list[dict]:
+    """The validation score the sweep chose by and the test metric: accuracy, or mIoU and pixel accuracy."""
+    if self.task == 'segmentation':
+      m = segmentation.miou(pred)
+      n = len(pred['intersection'])
+      return [cell.record('val', 'miou', val, **extra), cell.record('test', 'miou', m['miou'], n=n, **extra),
+              cell.record('test', 'pixel_accuracy', m['pixel_accuracy'], n=n, **extra)]
+    return [cell.record('val', 'accuracy', val, **extra), self._test_accuracy(cell, pred['prediction'], **extra)]
 
   def _test_accuracy(self, cell: Cell, pred, **extra) -> dict:
     labels = self.labels('test')
@@ -262,7 +311,7 @@ class Runner:
     if block is not None:
       frozen['block'] = block
     init = {'stitch': stitch_lib.init(spec, jax.random.key(int(self.config.seed)), block)}
-    return objectives.Stitched(spec, tgt.config), frozen, init
+    return objectives.Stitched(spec, tgt.config, self.task), frozen, init
 
   def _arrays(self, cell: Cell, split: str) -> dict:
     s, t = self.feats(cell.source, split), self.feats(cell.target, split)
@@ -279,14 +328,14 @@ class Runner:
       init = self._matched_stitch(ffm, model, frozen, init, arrays)[0]
     bs = self.batch_size('tlt')
     init = init | {'head': objectives.head_init(model.target.dim, self.num_classes)}
-    score = objectives.accuracy_score(model.predictions, bs, self.placement.batch)
+    score = self._task_fns()[2](model.predictions, bs, self.placement.batch)
     params, lr, val = self.sweep(f'{cell.id}/tlt', model.tlt_loss, score, init, frozen, arrays['train'],
                                  arrays['val'], bs)
     pred = objectives.evaluate(model.predictions, params, frozen, arrays['test'], bs, self.placement.batch)
-    self._save_predictions(cell, pred['prediction'])
+    self._save_predictions(cell, pred)
     if cell.method in as_list(self.config.export):
       self._export(cell, model.spec, params)
-    return [cell.record('val', 'accuracy', val, lr=lr), self._test_accuracy(cell, pred['prediction'], lr=lr)]
+    return self._test_records(cell, pred, val, lr=lr)
 
   def _matched_stitch(self, cell: Cell, model, frozen, init, arrays):
     """The feature-matching stage of `cell` (lfm or ffm); shared by ffm and ffm_tlt cells."""
@@ -299,16 +348,28 @@ class Runner:
     params, lr, val = self._matched_stitch(cell, model, frozen, init, arrays)
     bs = self.batch_size(cell.method)
     dist = objectives.evaluate(model.distances, params, frozen, arrays['test'], bs, self.placement.batch)
-    pooled = {s: objectives.evaluate(model.features, params, frozen, arrays[s], bs, self.placement.batch)['features']
-              for s in ('train', 'val', 'test')}
-    pred, probe_lr, probe_val = self.probe(f'{cell.id}/probe', pooled)
+    if self.task == 'segmentation':
+      pred, probe_lr, probe_val = self._frozen_stitch_decoder(cell, model, frozen | params, arrays)
+    else:
+      pooled = {s: objectives.evaluate(model.features, params, frozen, arrays[s], bs, self.placement.batch)['features']
+                for s in ('train', 'val', 'test')}
+      pred, probe_lr, probe_val = self.probe(f'{cell.id}/probe', pooled)
     self._save_predictions(cell, pred)
-    extra = dict(lr=probe_lr, stitch_lr=lr)
     return [cell.record('val', 'match_loss', -val, lr=lr),
             cell.record('test', 'layer_distance', dist['layer_distance'].mean(), lr=lr),
             cell.record('test', 'final_distance', dist['final_distance'].mean(), lr=lr),
-            cell.record('val', 'accuracy', probe_val, **extra),
-            self._test_accuracy(cell, pred, **extra)]
+            *self._test_records(cell, pred, probe_val, lr=probe_lr, stitch_lr=lr)]
+
+  def _frozen_stitch_decoder(self, cell: Cell, model, frozen, arrays) -> tuple[dict, float, float]:
+    """Segmentation's probe of a matched stitch: a decoder trained on the frozen stitched model's final
+    patch tokens, recomputed per batch (a split's dense tokens would not fit in memory at paper scale)."""
+    bs = self.batch_size('lp')
+    init = {'head': objectives.head_init(model.target.dim, self.num_classes)}
+    score = objectives.miou_score(model.frozen_stitch_counts, bs, self.placement.batch)
+    params, lr, val = self.sweep(f'{cell.id}/probe', model.frozen_stitch_loss, score, init, frozen, arrays['train'],
+                                 arrays['val'], bs)
+    return objectives.evaluate(model.frozen_stitch_counts, params, frozen, arrays['test'], bs,
+                               self.placement.batch), lr, val
 
   def _export(self, cell: Cell, spec, params) -> None:
     sources = {}
@@ -318,11 +379,15 @@ class Runner:
                        'digest': self.cache.backbone_digest(self.backbones[name])}
     export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources)
 
-  def _save_predictions(self, cell: Cell, pred: np.ndarray) -> None:
-    """Per-example test predictions, for the prediction analyses of appendix B."""
+  def _save_predictions(self, cell: Cell, pred: dict) -> None:
+    """Per-example test predictions, for the prediction analyses of appendix B; segmentation: the
+    per-image, per-class pixel counts (test_counts.npz), from which any subset's mIoU follows."""
     path = self.workdir / 'cells' / cell.id / 'test_predictions.npy'
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(pred, np.int32))
+    if self.task == 'segmentation':
+      np.savez(path.with_name('test_counts.npz'), **pred)
+      return
+    np.save(path, np.asarray(pred['prediction'], np.int32))
 
 
 def run(config) -> list[dict]:
@@ -333,6 +398,9 @@ def run(config) -> list[dict]:
   validate(config)
   with atomic.workdir_lock(config.workdir):
     runner = Runner(config)
+    if config.get('task', 'classification') == 'classification':
+      # What the saved test predictions are scored against, for stitchjax/analysis.py's Table 12.
+      np.save(runner.workdir / 'test_labels.npy', runner.labels('test'))
     for name in runner.backbones:
       for split in ('train', 'val', 'test'):
         runner.feats(name, split)

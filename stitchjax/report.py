@@ -11,10 +11,27 @@ from stitchjax import atomic
 PAIR_ARROW = '→'
 
 
-def _test_acc(records, **match) -> dict:
-  """(source, target, layer) -> test accuracy of the records matching `match`."""
+def _test_acc(records, metric: str = 'accuracy', **match) -> dict:
+  """(source, target, layer) -> test `metric` of the records matching `match`."""
   return {(r['source'], r['target'], r['layer']): r['value'] for r in records
-          if r['split'] == 'test' and r['metric'] == 'accuracy' and all(r.get(k) == v for k, v in match.items())}
+          if r['split'] == 'test' and r['metric'] == metric and all(r.get(k) == v for k, v in match.items())}
+
+
+METRIC_NAMES = {'accuracy': 'accuracy', 'miou': 'mIoU'}
+
+
+def _metric(records) -> str:
+  """A workdir's test metric: 'miou' for segmentation (Table 2's ADE20K column), else 'accuracy'."""
+  return 'miou' if any(r['metric'] == 'miou' for r in records) else 'accuracy'
+
+
+def _metric_name(records) -> str:
+  return METRIC_NAMES[_metric(records)]
+
+
+def _scores(records, **match) -> dict:
+  """_test_acc of the workdir's own test metric."""
+  return _test_acc(records, _metric(records), **match)
 
 
 def _layers(records) -> list[int]:
@@ -42,22 +59,23 @@ def table1(records, stitch_layer: str) -> str:
   rows = []
   for s, t in _routes(records):
     for init, method in (('None', 'tlt'), ('FFM', 'ffm_tlt')):
-      acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
+      acc = _scores(records, method=method, stitch_layer=stitch_layer)
       if any((s, t, l) in acc for l in layers):
         rows.append([f'{s}{PAIR_ARROW}{t}', init] + [_pct(acc.get((s, t, l))) for l in layers])
-  return _table(f'Table 1: task-loss training with and without FFM initialisation ({stitch_layer}), test accuracy %',
+  return _table(f'Table 1: task-loss training with and without FFM initialisation ({stitch_layer}), '
+                f'test {_metric_name(records)} %',
                 ['pair', 'init'] + [f'L{l}' for l in layers], rows)
 
 
 def table2(records, stitch_layer: str, method: str = 'ffm_tlt') -> str:
   """Stitched against self-stitched models per layer, with each backbone's linear probe."""
   layers = _layers(records)
-  acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
-  lp = _test_acc(records, method='lp')
+  acc = _scores(records, method=method, stitch_layer=stitch_layer)
+  lp = _scores(records, method='lp')
   rows = [[f'{s}{PAIR_ARROW}{t}' + (' (self)' if s == t else '')] + [_pct(acc.get((s, t, l))) for l in layers]
           for s, t in _routes(records) if any((s, t, l) in acc for l in layers)]
   rows += [[f'{s} linear probe'] + [_pct(v)] * len(layers) for (s, _, _), v in lp.items()]
-  return _table(f'Table 2: stitched vs self-stitched ({method}, {stitch_layer}), test accuracy %',
+  return _table(f'Table 2: stitched vs self-stitched ({method}, {stitch_layer}), test {_metric_name(records)} %',
                 ['model'] + [f'L{l}' for l in layers], rows)
 
 
@@ -66,10 +84,11 @@ def table4(records, stitch_layer: str) -> str:
   layers = _layers(records)
   rows = []
   for method, name in (('lfm', 'Layer Feature Matching'), ('ffm', 'Final Feature Matching')):
-    acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
+    acc = _scores(records, method=method, stitch_layer=stitch_layer)
     rows += [[name, f'{s}{PAIR_ARROW}{t}'] + [_pct(acc.get((s, t, l))) for l in layers]
              for s, t in _routes(records) if any((s, t, l) in acc for l in layers)]
-  return _table(f'Table 4: LFM vs FFM, linear probe of the stitched model ({stitch_layer}), test accuracy %',
+  return _table(f'Table 4: LFM vs FFM, linear probe of the stitched model ({stitch_layer}), '
+                f'test {_metric_name(records)} %',
                 ['method', 'pair'] + [f'L{l}' for l in layers], rows)
 
 
@@ -97,11 +116,11 @@ def plot(records, path: pathlib.Path, stitch_layer: str) -> None:
   if not routes:
     return
   fig, axes = plt.subplots(1, len(routes), figsize=(4.5 * len(routes), 3.6), squeeze=False)
-  lp = _test_acc(records, method='lp')
+  lp = _scores(records, method='lp')
   for ax, (s, t) in zip(axes[0], routes):
     for method in ('lfm', 'ffm', 'tlt', 'ffm_tlt'):
       for route, style in (((s, t), '-o'), ((t, t), ':x')):
-        acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
+        acc = _scores(records, method=method, stitch_layer=stitch_layer)
         pts = sorted((l, 100 * v) for (a, b, l), v in acc.items() if (a, b) == route)
         if pts:
           label = method if route == (s, t) else f'{method} self ({t}{PAIR_ARROW}{t})'
@@ -109,7 +128,8 @@ def plot(records, path: pathlib.Path, stitch_layer: str) -> None:
     for (b, _, _), v in lp.items():
       if b in (s, t):
         ax.axhline(100 * v, ls='--', lw=1, color='gray' if b == s else 'black', label=f'{b} linear probe')
-    ax.set(title=f'{s}{PAIR_ARROW}{t} ({stitch_layer})', xlabel='stitch layer', ylabel='test accuracy (%)')
+    ax.set(title=f'{s}{PAIR_ARROW}{t} ({stitch_layer})', xlabel='stitch layer',
+           ylabel=f'test {_metric_name(records)} (%)')
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -140,12 +160,13 @@ def summary_table(records, stitch_layer: str) -> str:
   rows = []
   for s, t in _routes(records):
     for method in ('ffm_tlt', 'tlt', 'ffm', 'lfm'):
-      acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
+      acc = _scores(records, method=method, stitch_layer=stitch_layer)
       if any((s, t, l) in acc for l in layers):
         rows.append([f'{s}{PAIR_ARROW}{t}' + (' (self)' if s == t else ''), method]
                     + [_pct(acc.get((s, t, l))) for l in layers])
-  rows += [[f'{s} alone', 'lp'] + [_pct(v)] * len(layers) for (s, _, _), v in _test_acc(records, method='lp').items()]
-  return _table(f'Test accuracy % ({stitch_layer})', ['model', 'method'] + [f'L{l}' for l in layers], rows)
+  rows += [[f'{s} alone', 'lp'] + [_pct(v)] * len(layers) for (s, _, _), v in _scores(records, method='lp').items()]
+  return _table(f'Test {_metric_name(records)} % ({stitch_layer})', ['model', 'method'] + [f'L{l}' for l in layers],
+                rows)
 
 
 def _se(p: float, n: int) -> float:
