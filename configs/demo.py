@@ -31,7 +31,7 @@ def get_config():
   # Sized to finish in about 10 minutes on 2 CPU cores: one learning rate instead of the paper's sweep
   # (--config.train.lrs=0.001,0.005,0.01 restores it), small batches so that 1,000 training images give
   # enough steps per epoch, and a resumable checkpoint at most every 30 s (each costs ~0.1 s).
-  c.train.epochs = 12
+  c.train.epochs = 10
   c.train.patience = 3
   c.train.lrs = '0.003'
   c.train.batch_size = dict(lfm=64, default=32)

@@ -134,6 +134,18 @@ def validate(config, backbones: dict | None = None) -> None:
         raise ValueError(f'config.layers: layer {layer} is outside 1..{bb.config.depth - 1} for backbone {name!r}')
 
 
+def standardised(feats: dict) -> dict:
+  """Pooled features {split: (N, D)} scaled by the train split's per-channel mean and std.
+
+  The same linear probe (an affine reparametrisation of its inputs), better conditioned: a MAP
+  head's raw output spreads over very different scales, and AdamW then stops far from the
+  optimum within a probe's budget (SigLIP-mini on the demo task: 57% raw against 80% converged).
+  """
+  train = np.asarray(feats['train'], np.float32)
+  mean, std = train.mean(0), train.std(0) + 1e-6
+  return {s: (np.asarray(f, np.float32) - mean) / std for s, f in feats.items()}
+
+
 def _write_json(path: pathlib.Path, obj) -> None:
   atomic.write_text(path, json.dumps(obj, indent=1, default=float))
 
@@ -259,6 +271,8 @@ class Runner:
     (test predictions {name: (N, ...)}, lr, val score)."""
     bs = self.batch_size('lp')
     loss, predict, score = self._task_fns()
+    if self.task == 'classification':
+      feats = standardised(feats)
     arrays = {s: {'features': feats[s], 'label': self.labels(s)} for s in ('train', 'val', 'test')}
     init = {'head': objectives.head_init(feats['train'].shape[-1], self.num_classes)}
     params, lr, val = self.sweep(unit, loss, score(predict, bs, self.placement.batch), init, {}, arrays['train'],

@@ -154,3 +154,14 @@ print(json.dumps([jax.device_count(), h['train_loss']]))
     assert devices == n
     out[n] = losses
   np.testing.assert_allclose(out[8], out[1], rtol=1e-5)
+
+
+def test_probe_features_are_standardised_by_the_train_split_alone():
+  rng = np.random.default_rng(0)
+  feats = {s: rng.normal(size=(n, 3)).astype(np.float32) * [1000.0, 1.0, 0.01] + [5.0, -2.0, 0.0]
+           for s, n in (('train', 400), ('val', 50), ('test', 60))}
+  out = protocol.standardised(feats)
+  np.testing.assert_allclose(out['train'].mean(0), 0, atol=1e-4)
+  np.testing.assert_allclose(out['train'].std(0), 1, rtol=1e-3)
+  mean, std = feats['train'].mean(0), feats['train'].std(0)
+  np.testing.assert_allclose(out['test'], (feats['test'] - mean) / (std + 1e-6), rtol=1e-4, atol=1e-4)
