@@ -177,8 +177,19 @@ class Embed(nn.Module):
     return x
 
 
+def attention(q, k, v):
+  """softmax(q kᵀ / √head_dim) v: q (B,Tq,N,H), k and v (B,Tk,N,H).
+
+  jax.nn.dot_product_attention picks XLA on every device unless asked, so on GPUs in
+  bfloat16/float16 this asks for cuDNN flash attention, which keeps no (Tq, Tk) scores.
+  """
+  if jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16):
+    return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  return jax.nn.dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
-  """Multi-head attention through jax.nn.dot_product_attention (cuDNN flash attention on GPUs)."""
+  """Multi-head attention through jax.nn.dot_product_attention (see `attention`)."""
   cfg: ViTConfig
 
   @nn.compact
@@ -194,7 +205,7 @@ class Attention(nn.Module):
       cos, sin = rope_tables(cfg)
       q = apply_rope(q, cos, sin, cfg.num_prefix_tokens)
       k = apply_rope(k, cos, sin, cfg.num_prefix_tokens)
-    out = jax.nn.dot_product_attention(q, k, v)
+    out = attention(q, k, v)
     return _dense(cfg, cfg.dim, cfg.proj_bias, 'o')(out.reshape(*out.shape[:-2], cfg.dim))
 
 
