@@ -1,6 +1,7 @@
 """Jobs that `run.py` runs from a config.
 
-`stitch`: the paper's stitching protocol (stitchjax/protocol.py), then tables and plots.
+`stitch`: the paper's stitching protocol (stitchjax/protocol.py), then tables, plots and the
+analyses (stitchjax/analysis.py); `analysis_only=True` skips to the analyses.
 `plan`: validate a stitching config and list its cells without computing anything.
 `pretrain`: train the mini-VFMs of the demo and write their exports (stitchjax/pretrain.py).
 
@@ -18,7 +19,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from stitchjax import atomic, backbone, preprocess, pretrain, vit
+from stitchjax import atomic, backbone, preprocess, pretrain, tree, vit
 
 # Small seeded-random layouts for 'init:<family>' paths: plumbing checks, never presented as VFMs.
 INIT_LAYOUTS = {
@@ -34,12 +35,15 @@ INIT_LAYOUTS = {
 
 
 def stitch_job(config):
-  """The paper's protocol over every cell of the config; see stitchjax/protocol.py."""
-  from stitchjax import protocol, report
-  records = protocol.run(config)
-  print(report.write(config.workdir, config.get('report_context')))
-  print(f'{len(records)} records in {pathlib.Path(config.workdir) / "results.json"}; '
-        f'tables in tables.md, plots accuracy_*.png')
+  """The paper's protocol over every cell of the config (stitchjax/protocol.py), then its analyses
+  (stitchjax/analysis.py); with `analysis_only`, the analyses alone, from the workdir."""
+  from stitchjax import analysis, protocol, report
+  if not config.get('analysis_only'):
+    records = protocol.run(config)
+    print(report.write(config.workdir, config.get('report_context')))
+    print(f'{len(records)} records in {pathlib.Path(config.workdir) / "results.json"}; '
+          f'tables in tables.md, plots accuracy_*.png')
+  print(analysis.write(config.workdir))
 
 
 def plan_job(config):
@@ -53,7 +57,8 @@ def plan_job(config):
 
 
 def run(config):
-  jobs = {'backbones': backbones_job, 'stitch': stitch_job, 'plan': plan_job, 'pretrain': pretrain.run}
+  jobs = {'backbones': backbones_job, 'stitch': stitch_job, 'plan': plan_job, 'pretrain': pretrain.run,
+          'vst': tree.run}
   if config.job not in jobs:
     raise ValueError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
   jobs[config.job](config)
