@@ -33,7 +33,7 @@ def main():
     sys.exit(f'{workdir} is not empty: the benchmark times a run from scratch')
   command = [sys.executable, 'run.py', '--config', 'configs/demo.py', f'--config.workdir={workdir}']
   start = time.perf_counter()
-  subprocess.run(command, cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
+  subprocess.run(command, cwd=ROOT, check=True)
   seconds = time.perf_counter() - start
   peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
   records = json.loads((workdir / 'results.json').read_text())

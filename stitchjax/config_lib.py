@@ -8,7 +8,8 @@ Fields (all overridable: `--config.layers=14,22 --config.backbones.dinov2.path=/
 - layers, methods, stitch_layer, train.lrs: comma-separated lists;
 - train: epochs, patience, lrs, batch_size.{lfm, default, ...}, weight_decay, checkpoint_every_s (0: a
   resumable checkpoint after every epoch; more: at most one per that many seconds, for runs of tiny epochs);
-- dtype: compute dtype of backbones and stitch (parameters stay float32);
+- dtype: compute dtype of backbones and stitch (parameters stay float32); remat: recompute the target
+  suffix in the backward pass (memory for time);
 - task: 'classification' (a linear head on pooled features) or 'segmentation' (a linear decoder on
   the final patch tokens, scored by mIoU; needs a segmentation data kind and label_size, the
   evaluation resolution; see stitchjax/segmentation.py);
@@ -46,6 +47,9 @@ def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES, task:
     c.label_size = label_size  # labels are resized (nearest) to label_size x label_size for loss and mIoU
   c.seed = 0
   c.dtype = 'bfloat16'  # bf16 compute, fp32 master weights (A.2.2)
+  # Recompute the target suffix's activations in the backward pass: a ViT-L pair at batch 128 stitched
+  # at layer 2 plans 25 GiB with it and ~300 GiB without (XLA's CPU plan, BENCHMARKS.md).
+  c.remat = False
   c.backbones = {name: dict(spec) for name, spec in backbones.items()}
   c.data = dict(data)
   c.pairs = 'dinov2:siglip2,siglip2:dinov2'

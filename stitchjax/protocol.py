@@ -325,7 +325,9 @@ class Runner:
     if block is not None:
       frozen['block'] = block
     init = {'stitch': stitch_lib.init(spec, jax.random.key(int(self.config.seed)), block)}
-    return objectives.Stitched(spec, tgt.config, self.task), frozen, init
+    # remat: the target suffix recomputes its activations in the backward pass instead of keeping them.
+    target = dataclasses.replace(tgt.config, remat=bool(self.config.get('remat', False)))
+    return objectives.Stitched(spec, target, self.task), frozen, init
 
   def _arrays(self, cell: Cell, split: str) -> dict:
     s, t = self.feats(cell.source, split), self.feats(cell.target, split)

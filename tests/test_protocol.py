@@ -1,4 +1,5 @@
 """The stitching protocol end to end on tiny random transformers backbones and a tiny image-folder task."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -165,3 +166,14 @@ def test_probe_features_are_standardised_by_the_train_split_alone():
   np.testing.assert_allclose(out['train'].std(0), 1, rtol=1e-3)
   mean, std = feats['train'].mean(0), feats['train'].std(0)
   np.testing.assert_allclose(out['test'], (feats['test'] - mean) / (std + 1e-6), rtol=1e-4, atol=1e-4)
+
+
+def test_remat_switch_reaches_the_target_suffix(setup):
+  config, _ = setup
+  runner = protocol.Runner(config)
+  cell = protocol.Cell('dinov2', 'siglip', 1, 'ffm', 'mlp')
+  assert not runner._stitched(cell)[0].target.remat
+  remat = config.copy_and_resolve_references()
+  remat.remat = True
+  model = protocol.Runner(remat)._stitched(cell)[0]
+  assert model.target.remat and model.target == dataclasses.replace(runner._stitched(cell)[0].target, remat=True)
