@@ -8,6 +8,7 @@ Fields (all overridable: `--config.layers=14,22 --config.backbones.dinov2.path=/
 - layers, methods, stitch_layer, train.lrs: comma-separated lists;
 - train: epochs, patience, lrs, batch_size.{lfm, default, ...}, weight_decay, checkpoint_every_s (0: a
   resumable checkpoint after every epoch; more: at most one per that many seconds, for runs of tiny epochs);
+- eval_batch_size: the batch of validation and test passes (0: train.batch_size.default);
 - dtype: compute dtype of backbones and stitch (parameters stay float32); remat: recompute the target
   suffix in the backward pass (memory for time);
 - task: 'classification' (a linear head on pooled features) or 'segmentation' (a linear decoder on
@@ -60,6 +61,7 @@ def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES, task:
   c.train = dict(epochs=100, patience=5, lrs='0.001,0.005,0.01', weight_decay=1e-4,
                  batch_size=dict(lfm=256, default=128), checkpoint_every_s=0.0)
   c.feature_batch_size = 64
+  c.eval_batch_size = 0  # validation and test passes (no gradients); 0: train.batch_size.default
   c.cache_dir = ''  # default: <workdir>/cache
   c.export = 'ffm_tlt' if task == 'classification' else ''  # segmentation models are not exported
   c.analysis_only = False  # True: train nothing, rewrite the analyses (stitchjax/analysis.py) from the workdir

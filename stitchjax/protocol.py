@@ -128,6 +128,10 @@ def validate(config, backbones: dict | None = None) -> None:
       raise ValueError(f'config.train.batch_size.{method}={size} must be positive')
     if size % jax.device_count():
       raise ValueError(f'config.train.batch_size.{method}={size} is not divisible by the {jax.device_count()} devices')
+  size = config.get('eval_batch_size', 0)
+  if size and (size < 0 or size % jax.device_count()):
+    raise ValueError(f'config.eval_batch_size={size} must be positive and divisible by the {jax.device_count()} '
+                     'devices (0: the training batch size)')
   for layer in as_list(config.layers):
     for name, bb in (backbones or {}).items():
       if not 1 <= int(layer) <= bb.config.depth - 1:
@@ -158,6 +162,8 @@ class Runner:
     self.workdir = pathlib.Path(config.workdir)
     self.placement = train.Placement.data_parallel()
     self.task = config.get('task', 'classification')
+    # Validation and test passes need no gradients, so they run in larger batches than training.
+    self.eval_batch_size = int(config.get('eval_batch_size') or config.train.batch_size['default'])
     self.data = data_lib.load(config.data)
     for name, split in self.data.splits.items():
       if not len(split):
@@ -275,9 +281,9 @@ class Runner:
       feats = standardised(feats)
     arrays = {s: {'features': feats[s], 'label': self.labels(s)} for s in ('train', 'val', 'test')}
     init = {'head': objectives.head_init(feats['train'].shape[-1], self.num_classes)}
-    params, lr, val = self.sweep(unit, loss, score(predict, bs, self.placement.batch), init, {}, arrays['train'],
-                                 arrays['val'], bs)
-    return objectives.evaluate(predict, params, {}, arrays['test'], bs, self.placement.batch), lr, val
+    eval_bs, put = self.eval_batch_size, self.placement.batch
+    params, lr, val = self.sweep(unit, loss, score(predict, eval_bs, put), init, {}, arrays['train'], arrays['val'], bs)
+    return objectives.evaluate(predict, params, {}, arrays['test'], eval_bs, put), lr, val
 
   # Cells.
   def run(self, cell: Cell) -> list[dict]:
@@ -344,10 +350,11 @@ class Runner:
       init = self._matched_stitch(ffm, model, frozen, init, arrays)[0]
     bs = self.batch_size('tlt')
     init = init | {'head': objectives.head_init(model.target.dim, self.num_classes)}
-    score = self._task_fns()[2](model.predictions, bs, self.placement.batch)
+    score = self._task_fns()[2](model.predictions, self.eval_batch_size, self.placement.batch)
     params, lr, val = self.sweep(f'{cell.id}/tlt', model.tlt_loss, score, init, frozen, arrays['train'],
                                  arrays['val'], bs)
-    pred = objectives.evaluate(model.predictions, params, frozen, arrays['test'], bs, self.placement.batch)
+    pred = objectives.evaluate(model.predictions, params, frozen, arrays['test'], self.eval_batch_size,
+                               self.placement.batch)
     self._save_predictions(cell, pred)
     if cell.method in as_list(self.config.export):
       self._export(cell, model.spec, params)
@@ -357,17 +364,17 @@ class Runner:
     """The feature-matching stage of `cell` (lfm or ffm); shared by ffm and ffm_tlt cells."""
     loss = model.lfm_loss if cell.method == 'lfm' else model.ffm_loss
     bs = self.batch_size(cell.method)
-    score = objectives.loss_score(loss, bs, self.placement.batch)
+    score = objectives.loss_score(loss, self.eval_batch_size, self.placement.batch)
     return self.sweep(f'{cell.id}/match', loss, score, init, frozen, arrays['train'], arrays['val'], bs)
 
   def _matching(self, cell, model, frozen, init, arrays) -> list[dict]:
     params, lr, val = self._matched_stitch(cell, model, frozen, init, arrays)
-    bs = self.batch_size(cell.method)
-    dist = objectives.evaluate(model.distances, params, frozen, arrays['test'], bs, self.placement.batch)
+    eval_bs, put = self.eval_batch_size, self.placement.batch
+    dist = objectives.evaluate(model.distances, params, frozen, arrays['test'], eval_bs, put)
     if self.task == 'segmentation':
       pred, probe_lr, probe_val = self._frozen_stitch_decoder(cell, model, frozen | params, arrays)
     else:
-      pooled = {s: objectives.evaluate(model.features, params, frozen, arrays[s], bs, self.placement.batch)['features']
+      pooled = {s: objectives.evaluate(model.features, params, frozen, arrays[s], eval_bs, put)['features']
                 for s in ('train', 'val', 'test')}
       pred, probe_lr, probe_val = self.probe(f'{cell.id}/probe', pooled)
     self._save_predictions(cell, pred)
@@ -381,10 +388,10 @@ class Runner:
     patch tokens, recomputed per batch (a split's dense tokens would not fit in memory at paper scale)."""
     bs = self.batch_size('lp')
     init = {'head': objectives.head_init(model.target.dim, self.num_classes)}
-    score = objectives.miou_score(model.frozen_stitch_counts, bs, self.placement.batch)
+    score = objectives.miou_score(model.frozen_stitch_counts, self.eval_batch_size, self.placement.batch)
     params, lr, val = self.sweep(f'{cell.id}/probe', model.frozen_stitch_loss, score, init, frozen, arrays['train'],
                                  arrays['val'], bs)
-    return objectives.evaluate(model.frozen_stitch_counts, params, frozen, arrays['test'], bs,
+    return objectives.evaluate(model.frozen_stitch_counts, params, frozen, arrays['test'], self.eval_batch_size,
                                self.placement.batch), lr, val
 
   def _export(self, cell: Cell, spec, params) -> None:

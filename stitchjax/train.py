@@ -12,6 +12,7 @@ data-order RNG position) is saved by an orbax CheckpointManager after every
 epoch, so a killed run resumes at the last finished epoch with the same result.
 """
 import dataclasses
+import functools
 import pathlib
 import time
 import warnings
@@ -111,6 +112,13 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
   return step
 
 
+@functools.lru_cache(maxsize=256)
+def _step(loss_fn: Callable, lr: float, weight_decay: float):
+  """One jitted AdamW step per (loss, hyperparameters), so that fits sharing them compile once (a tlt
+  and an ffm_tlt cell, every probe of one feature width): on CPUs compiling outweighs a small fit."""
+  return make_step(loss_fn, optax.adamw(lr, weight_decay=weight_decay))
+
+
 def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val: dict, schedule: Schedule,
         ckpt_dir: pathlib.Path | None = None, desc: str = 'train', placement: Placement = Placement()
         ) -> tuple[Any, dict]:
@@ -124,7 +132,7 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
   if manager is not None:
     state = _restore(manager, state)
   state, frozen = placement.replicate(state), placement.replicate(frozen)
-  step = make_step(loss_fn, optimizer)
+  step = _step(loss_fn, schedule.lr, schedule.weight_decay)
   history = {'train_loss': [], 'val_score': []}
   bar = tqdm(total=schedule.epochs, initial=int(state.epoch), desc=desc, unit='epoch', leave=False)
   saved_at = time.monotonic()

@@ -310,10 +310,10 @@ def run(config) -> list[dict]:
     rows = []
     labels = runner.labels('test')
     for key, count in blocks.items():
-      # Standardised with train statistics: the backbones' hidden states differ in scale by orders of
-      # magnitude; a per-feature affine map changes what the probe's optimiser sees, not what it can fit.
-      mean, std = feats['train'][key].mean(0), feats['train'][key].std(0) + 1e-6
-      pred, lr, val = _probe(runner, f'{tag}__{key}__probe', {s: (f[key] - mean) / std for s, f in feats.items()})
+      # Runner.probe standardises by the train split: the backbones' hidden states differ in scale by orders
+      # of magnitude, which changes what the probe's optimiser sees, not what it can fit.
+      pred, lr, val = runner.probe(f'{tag}__{key}__probe', {s: f[key] for s, f in feats.items()})
+      pred = pred['prediction']
       rows.append({'variant': key, 'layer': int(key.split('_')[1]) if key.startswith('vst') else None,
                    'blocks': count, 'extra_compute': count / base.out_layers[0] - 1.0, 'val_accuracy': val,
                    'test_accuracy': float(np.mean(pred == labels)), 'lr': lr, 'n_test': len(labels)})
@@ -323,16 +323,6 @@ def run(config) -> list[dict]:
       r['normalised_gain'] = normalised_gain(r['test_accuracy'], acc[f'alone_{names[0]}'], acc['full']) if on_scale else None
     _write_tables(workdir, rows, names, config)
   return rows
-
-
-def _probe(runner, unit: str, feats: dict) -> tuple[np.ndarray, float, float]:
-  """Linear probe on {split: (N, D)}, learning rate chosen on val: (test predictions, lr, val accuracy)."""
-  bs = runner.batch_size('lp')
-  arrays = {s: {'features': f, 'label': runner.labels(s)} for s, f in feats.items()}
-  init = {'head': objectives.head_init(feats['train'].shape[-1], runner.num_classes)}
-  score = objectives.accuracy_score(objectives.probe_predictions, bs)
-  params, lr, val = runner.sweep(unit, objectives.probe_loss, score, init, {}, arrays['train'], arrays['val'], bs)
-  return objectives.evaluate(objectives.probe_predictions, params, {}, arrays['test'], bs)['prediction'], lr, val
 
 
 def _write_tables(workdir: pathlib.Path, rows: list[dict], names: list, config) -> None:

@@ -122,6 +122,7 @@ def test_plan_job_and_command_line_overrides():
     ('methods', 'lp,lfmm', "unknown method 'lfmm'"),
     ('stitch_layer', 'conv', "unknown stitch layer 'conv'"),
     ('train.lrs', '0.01,-1', 'learning rate -1 must be positive'),
+    ('eval_batch_size', -8, r'config.eval_batch_size=-8 must be positive'),
 ])
 def test_config_errors_name_the_field(field, value, match):
   config = config_lib.stitching('unused', {'kind': 'image_folder', 'root': 'unused'})
