@@ -27,18 +27,7 @@ def get_config():
       backbones=config_lib.MINI_VFMS)
   c.pairs = 'dino_mini:siglip_mini,siglip_mini:dino_mini'
   c.layers = '2,4,6'
-  c.dtype = 'float32'  # bf16 is slower than float32 on CPUs; on GPUs set --config.dtype=bfloat16
-  # Sized to finish in under 10 minutes on 2 CPU cores: one learning rate instead of the paper's sweep
-  # (--config.train.lrs=0.001,0.005,0.01 restores it), at most 6 epochs, and a resumable checkpoint at
-  # most every 30 s (each costs ~0.1 s). The time goes into the target suffix's forward and backward
-  # passes (~110 ms per batch of 64 through 6 blocks), so it scales with epochs x images.
-  c.train.epochs = 6
-  c.train.patience = 2
-  c.train.lrs = '0.01'
-  c.train.batch_size = dict(lfm=128, default=64)
-  c.train.checkpoint_every_s = 30.0
-  c.feature_batch_size = 256
-  c.eval_batch_size = 256  # on CPUs each batch costs a dispatch; validation runs every epoch
+  config_lib.on_two_cpu_cores(c)
   c.report_context = (
       'Setup: the mini-VFMs `dino_mini` (DINOv2 layout, trained without labels by DINO self-distillation) and '
       '`siglip_mini` (SigLIP layout, trained with a sigmoid loss against label embeddings) were pretrained by '
