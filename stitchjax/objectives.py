@@ -19,6 +19,7 @@ cross-entropy and the predictions are per-class pixel counts for mIoU
 (stitchjax/segmentation.py); lfm and ffm do not depend on the task.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -147,14 +148,14 @@ def evaluate(fn, trainable, frozen, arrays: dict, batch_size: int, put=lambda b:
   return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-_JITTED = {}
-
-
+@functools.lru_cache(maxsize=32)
 def _jit(fn):
-  """One compiled function per evaluation function (bound methods of equal Stitched compare equal)."""
-  if fn not in _JITTED:
-    _JITTED[fn] = jax.jit(fn)
-  return _JITTED[fn]
+  """One compiled function per evaluation function (bound methods of equal Stitched compare equal).
+
+  Bounded: every compiled executable keeps memory maps alive, and a long sweep of cells would
+  otherwise exhaust the process's map count (vm.max_map_count) and crash inside XLA's compiler.
+  """
+  return jax.jit(fn)
 
 
 def accuracy_score(predict_fn, batch_size: int, put=lambda b: b):

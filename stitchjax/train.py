@@ -112,10 +112,11 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
   return step
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=8)
 def _step(loss_fn: Callable, lr: float, weight_decay: float):
-  """One jitted AdamW step per (loss, hyperparameters), so that fits sharing them compile once (a tlt
-  and an ffm_tlt cell, every probe of one feature width): on CPUs compiling outweighs a small fit."""
+  """One jitted AdamW step per (loss, hyperparameters), so that neighbouring fits sharing them compile
+  once (a tlt cell and the ffm_tlt cell after it): on CPUs compiling outweighs a small fit. Bounded,
+  like objectives._jit, so that compiled executables do not pile up over a long sweep."""
   return make_step(loss_fn, optax.adamw(lr, weight_decay=weight_decay))
 
 
