@@ -73,13 +73,13 @@ def on_two_cpu_cores(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The schedule of the mini-VFM configs (demo, seg_mini), sized to finish in minutes on 2 CPU cores.
 
   It departs from the paper's schedule: one learning rate instead of the sweep
-  (--config.train.lrs=0.001,0.005,0.01 restores it), at most 6 epochs, and a resumable checkpoint at
+  (--config.train.lrs=0.001,0.005,0.01 restores it), at most 5 epochs, and a resumable checkpoint at
   most every 30 s (each costs ~0.1 s). The time goes into the target suffix's forward and backward
   passes (~110 ms per batch of 64 through 6 mini blocks), so it scales with epochs x images.
   float32: bf16 is slower than float32 on CPUs (on GPUs set --config.dtype=bfloat16).
   """
   c.dtype = 'float32'
-  c.train.epochs, c.train.patience, c.train.lrs = 6, 2, '0.01'
+  c.train.epochs, c.train.patience, c.train.lrs = 5, 2, '0.01'
   c.train.batch_size = dict(lfm=128, default=64)
   c.train.checkpoint_every_s = 30.0
   c.feature_batch_size = 256

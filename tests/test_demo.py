@@ -62,9 +62,9 @@ def test_shortened_demo_yields_every_expected_record(tmp_path):
 def test_lfm_ends_far_closer_to_the_target_at_the_stitch_point_than_ffm(tmp_path):
   """What held with margin on the mini-VFMs at the shallowest stitch point (siglip_mini->dino_mini, L2):
   LFM, which optimises the stitch point, ends there well over 2x closer to the target's tokens than
-  FFM (2026-11-23: 0.41 vs 1.08 in the full demo, 0.40 vs 1.98 in this short run). Figure 2's other
-  half, FFM's smaller final-layer distance, held in the full demo by 8% (0.077 vs 0.084) but not in
-  this short run (0.105 vs 0.092), so report.md reports it and no test asserts it."""
+  FFM (2026-11-23: 2.9x in the full demo, 0.40 vs 1.98 in this short run). Figure 2's other half,
+  FFM's smaller final-layer distance, held in the full demo by 15% at this cell but not in this short
+  run (0.105 vs 0.092), so report.md reports it and no test asserts it."""
   c = _demo_config(tmp_path)
   c.pairs, c.layers, c.methods = 'siglip_mini:dino_mini', '2', 'lfm,ffm'
   c.data.limit_per_class = 40
