@@ -12,9 +12,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
-  if _CONFIG.value.get('distributed'):
-    import jax
-    jax.distributed.initialize()  # multi-host TPU VMs / multi-node GPUs: one process per host
+  if _CONFIG.value.get('distributed'):  # one process per host or GPU node: stitchjax/distributed.py
+    from stitchjax import distributed
+    distributed.initialize(_CONFIG.value)
   from stitchjax import experiment
   experiment.run(_CONFIG.value)
 

@@ -30,7 +30,6 @@ import torch
 import transformers as T
 
 import stitchjax
-from stitchjax import vit
 
 FAMILIES = ('dinov2', 'clip', 'siglip2', 'dinov3')
 SIZES = {'S': dict(hidden_size=384, num_attention_heads=6, num_hidden_layers=12),

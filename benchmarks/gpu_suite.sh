@@ -1,45 +1,64 @@
 #!/usr/bin/env bash
-# Issue 7's GPU suite in one command: forward (every family at ViT-L, MFU), stitch training
-# (FFM/TLT at layers 2, 14, 22, cache against recompute), and peak memory at batch 128 in bf16.
+# The GPU speed targets in one command, on an offline machine, within a time budget.
 #
-#   bash benchmarks/gpu_suite.sh [OUT_DIR]        # default OUT_DIR: benchmarks/results/gpu-<date>
+#   bash benchmarks/wheels.sh                     # where pip reaches an index: the wheels the image lacks, in .whl/
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]        # on the GPU machine, from a checkout holding .whl/
+#   bash benchmarks/gpu_suite.sh --rehearse DIR   # on a CPU: the same install and every step, at toy sizes
 #
-# Needs a jax with CUDA (pip install -U "jax[cuda12]") and a CUDA torch in the active environment;
-# it stops at once if jax sees no GPU. Each table is written to OUT_DIR as markdown, ready to paste
-# into BENCHMARKS.md; all.md holds them all. About 20-30 minutes on one H100.
+# 1. Install, offline: the carried wheels (.whl/, or $WHEELS) into a private folder with --no-index
+#    --no-deps, then stitchjax itself with --no-deps, so that the image's own jax, CUDA, torch and
+#    transformers stay as they are. Nothing is fetched.
+# 2. Prove it: jax sees the GPU, and stitchjax matches transformers on it (benchmarks/parity.py, float32
+#    and bfloat16). The suite stops here if either fails.
+# 3. Measure, most important first, each step under what is left of $SUITE_SECONDS (default 540 s): the
+#    forward against transformers and MFU (ViT-L, bf16, batch 64), stitch training with and without the
+#    feature cache at layers 2, 14 and 22 with peak memory (ViT-L pair, batch 128, bf16), compilations
+#    of a 3-rate sweep, and the float32 forward. A step that runs out of time is cut and named.
+# Tables go to OUT_DIR ($OUT if set, else benchmarks/results/gpu-<date>) as markdown, all.md holds them all.
 set -euo pipefail
-cd "$(dirname "$0")"
-export PYTHONPATH="$PWD/..${PYTHONPATH:+:$PYTHONPATH}"
-OUT="${1:-results/gpu-$(date +%F)}"
-mkdir -p "$OUT"
-python -c 'import jax, sys; sys.exit(0 if jax.default_backend() == "gpu" else "gpu_suite.sh: jax sees no GPU (" + jax.default_backend() + ")")'
-export XLA_PYTHON_CLIENT_PREALLOCATE=false  # peak_bytes_in_use then counts what the steps use, not a preallocated pool
+cd "$(dirname "$0")/.."
+REHEARSE=0
+if [[ "${1:-}" == "--rehearse" ]]; then REHEARSE=1; shift; fi
+OUT_DIR="${1:-${OUT:-benchmarks/results/gpu-$(date +%F)}}"
+SUITE_SECONDS="${SUITE_SECONDS:-540}"
+WHEELS="${WHEELS:-.whl}"
+START=$SECONDS
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
 
-run() {  # run NAME COMMAND...: the command's stdout to OUT/NAME.md, progress bars and logs to OUT/NAME.log
+# 1. Install.
+SITE=$(mktemp -d)/site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "$WHEELS"/*.whl . \
+  > "$OUT_DIR/install.log" 2>&1 || { echo "install failed: see $OUT_DIR/install.log"; exit 1; }
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+cd benchmarks  # the scripts import each other; stitchjax now comes from $SITE
+python3 -c 'import stitchjax, grain, ml_collections, sys; print("stitchjax from", stitchjax.__file__)'
+
+# 2. Prove it.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the GPU; peak memory counts what steps use
+if [[ $REHEARSE == 1 ]]; then
+  export JAX_PLATFORMS=cpu
+  L=S; SIZE=(--image-size 56); BATCH=4; TRAIN_BATCH=4; ROUNDS=1; CACHE=8
+else
+  python3 -c 'import jax, sys; sys.exit(0 if jax.default_backend() == "gpu" else "gpu_suite.sh: jax sees no GPU (" + jax.default_backend() + ")")'
+  L=L; SIZE=(); BATCH=64; TRAIN_BATCH=128; ROUNDS=10; CACHE=512
+fi
+python3 parity.py --size "$L" "${SIZE[@]}" | tee "$OUT_DIR/parity.md"
+
+# 3. Measure.
+step() {  # step NAME COMMAND...: stdout to OUT_DIR/NAME.md, logs to OUT_DIR/NAME.log, cut at the time left
   local name=$1; shift
-  echo "== $name: $*"
-  if "$@" > "$OUT/$name.md" 2> "$OUT/$name.log"; then cat "$OUT/$name.md"; else echo "$name FAILED: see $OUT/$name.log"; fi
+  local left=$((SUITE_SECONDS - (SECONDS - START)))
+  if ((left < 20)); then echo "$name: SKIPPED, the suite's $SUITE_SECONDS s are spent" | tee "$OUT_DIR/$name.md"; return; fi
+  echo "== $name ($left s left): $*"
+  if timeout "$left" "$@" > "$OUT_DIR/$name.md" 2> "$OUT_DIR/$name.log"; then cat "$OUT_DIR/$name.md"
+  else echo "$name FAILED or cut at $left s: see $OUT_DIR/$name.log" | tee -a "$OUT_DIR/$name.md"; fi
 }
-
-# 1. Forward, ViT-L at the paper's resolutions (336 / 384 px), bf16, batch 64, plus float32 for reference.
-run forward_L_bf16 python forward.py --family all --size L --batch 64 --dtype bfloat16 --rounds 10
-run forward_L_f32 python forward.py --family all --size L --batch 64 --dtype float32 --rounds 5
-
-# 2. Stitch training at ViT-L, batch 128, bf16: step and epoch times, cache against recompute, cache build.
-run stitch_L_bf16 python stitch_train.py --size L --batch 128 --dtype bfloat16 --steps 10 --cache-images 512
-run stitch_L_bf16_remat python stitch_train.py --size L --batch 128 --dtype bfloat16 --steps 10 --remat \
-  --cache-images 128
-
-# 3. Peak device memory at batch 128, bf16, one process per method and layer (the peak is per process).
-for method in ffm tlt; do
-  for layer in 2 22; do
-    run "memory_${method}_${layer}" python stitch_train.py --size L --batch 128 --dtype bfloat16 --steps 2 \
-      --methods "$method" --layers "$layer" --cache-images 128
-  done
-done
-
-# 4. Smaller sizes on the GPU, for the CPU tables' counterparts.
-run forward_B_bf16 python forward.py --family all --size B --batch 64 --dtype bfloat16 --rounds 10
-
-cat "$OUT"/*.md > "$OUT/all.md"
-echo "tables in $OUT (all.md)"
+step forward_bf16 python3 forward.py --family all --size "$L" "${SIZE[@]}" --batch "$BATCH" --dtype bfloat16 --rounds "$ROUNDS"
+step stitch_ffm_bf16 python3 stitch_train.py --size "$L" "${SIZE[@]}" --batch "$TRAIN_BATCH" --dtype bfloat16 --remat --steps 5 \
+  --cache-images "$CACHE"
+step compiles python3 compiles.py
+step forward_f32 python3 forward.py --family all --size "$L" "${SIZE[@]}" --batch "$BATCH" --dtype float32 --rounds 3
+cat "$OUT_DIR"/parity.md "$OUT_DIR"/forward_bf16.md "$OUT_DIR"/stitch_ffm_bf16.md "$OUT_DIR"/compiles.md \
+  "$OUT_DIR"/forward_f32.md > "$OUT_DIR/all.md" 2>/dev/null || true
+echo "tables in $OUT_DIR (all.md), $((SECONDS - START)) s"

@@ -107,14 +107,14 @@ def memory_mib(compiled) -> float:
   return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes) / 2**20
 
 
-def time_steps(step, state, frozen, batch, steps: int) -> float:
+def time_steps(step, state, frozen, batch, hyper, steps: int) -> float:
   """Median seconds per step; the loss is read back each step so that the step has finished."""
-  state, loss = step(state, frozen, batch)
+  *state, loss = step(*state, frozen, batch, hyper)
   float(loss)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    state, loss = step(state, frozen, batch)
+    *state, loss = step(*state, frozen, batch, hyper)
     float(loss)
     times.append(time.perf_counter() - start)
   return statistics.median(times)
@@ -181,19 +181,18 @@ def main():
       trainable = {'stitch': stitch_lib.init(spec, jax.random.key(0))}
       if method == 'tlt':
         trainable['head'] = objectives.head_init(tgt_cfg.dim, NUM_CLASSES)
-      optimizer = optax.adamw(1e-3, weight_decay=1e-4)
-      state = train.State(trainable, optimizer.init(trainable), trainable, jnp.array(-jnp.inf), jnp.array(0),
-                          jnp.array(0))
+      hyper = train.hyperparameters(1e-3, 1e-4)
+      state = (trainable, optax.adamw(1e-3).init(trainable))
       results = {}
       for mode, loss in zip(('cached', 'recompute'), losses(method, stitched, src.config)):
         # Each step gets only what it reads: no source weights with the cache, no reference tokens for TLT.
         inputs = {k: v for k, v in frozen.items() if mode == 'recompute' or k == 'target'}
         batch = {k: v for k, v in batches[mode].items() if method == 'ffm' or k not in ('target_final', 'target_images')}
-        step = train.make_step(loss, optimizer)
-        compiled = step.lower(state, inputs, batch).compile()
+        step = train.make_step(loss)
+        compiled = step.lower(*state, inputs, batch, hyper).compile()
         results[mode] = {'memory': memory_mib(compiled)}
         if not args.compile_only:
-          results[mode]['seconds'] = time_steps(compiled, state, inputs, batch, args.steps)
+          results[mode]['seconds'] = time_steps(compiled, state, inputs, batch, hyper, args.steps)
       if args.compile_only:
         print(f'| {method} | {n} | {results["cached"]["memory"]:.0f} MiB | {results["recompute"]["memory"]:.0f} MiB |',
               flush=True)

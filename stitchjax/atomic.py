@@ -12,14 +12,31 @@ import shutil
 import tempfile
 import warnings
 
+import numpy as np
+
 
 def write_text(path, text: str) -> None:
+  write_with(path, lambda f: f.write(text.encode()))
+
+
+def save_npy(path, array) -> None:
+  """np.save, atomically."""
+  write_with(path, lambda f: np.save(f, np.asarray(array)))
+
+
+def save_npz(path, **arrays) -> None:
+  """np.savez, atomically."""
+  write_with(path, lambda f: np.savez(f, **arrays))
+
+
+def write_with(path, write) -> None:
+  """Calls write(binary file) on a temporary beside `path`, then renames it into place."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
   try:
-    with disk_full_is_clear(path), os.fdopen(fd, 'w') as f:
-      f.write(text)
+    with disk_full_is_clear(path), os.fdopen(fd, 'wb') as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)

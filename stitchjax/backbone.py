@@ -103,7 +103,7 @@ def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, head
   fields, params = _with_image_size(fields, params, method, image_size, path)
   cfg = vit.ViTConfig(**(fields | {'dtype': _dtype_name(dtype)}))
   prep = preprocess_lib.for_family(_family_for_preprocessing(cfg.family), cfg.image_size, processor)
-  return Backbone(cfg, jax.tree.map(jnp.asarray, params), prep, method, processor)
+  return Backbone(cfg, jax.device_put(params), prep, method, processor)  # (jnp.asarray compiles a copy per shape)
 
 
 def save_backbone(bb: Backbone, out, overwrite: bool = False) -> None:

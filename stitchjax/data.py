@@ -120,8 +120,9 @@ import zlib
 from absl import flags
 import grain
 import numpy as np
-from tqdm import tqdm
 from PIL import Image
+
+from stitchjax import distributed
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
@@ -249,7 +250,7 @@ class TfdsReader:
 
   @functools.cached_property
   def source(self):
-    import tensorflow_datasets as tfds  # only this kind needs it, and it is slow to import
+    tfds = _tfds_module('tfds')
     encoded = [k for k in (self.image_key, self.annotation_key) if k is not None]
     try:
       return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
@@ -803,13 +804,23 @@ def _read_idx(path: pathlib.Path, ndim: int) -> np.ndarray:
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
+def _tfds_module(kind: str):
+  """tensorflow_datasets, which only the tfds-backed kinds need (an extra; it is also slow to import)."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError(f"data kind {kind!r} reads tfds array_record files and needs the 'data' extra: "
+                      f"pip install 'stitchjax[data]' (tensorflow-datasets); {e}") from e
+  return tfds
+
+
 def _tfds(c) -> tuple[Split, Split]:
   root = _root(c)
   return tuple(_tfds_split(c, root, c[key]) for key in ('train_split', 'test_split'))
 
 
 def _tfds_split(c, root: pathlib.Path, split: str) -> Split:
-  import tensorflow_datasets as tfds
+  tfds = _tfds_module('tfds')
   reader = TfdsReader(c['name'], split, str(root), c['image_key'])
   features = reader.source.dataset_info.features
   where = f'tfds dataset {c["name"]!r} in {reader.source.dataset_info.data_dir}'
@@ -855,7 +866,7 @@ def _by_stem(folder: pathlib.Path, ext: str) -> dict[str, str]:
 
 
 def _scene_parse150(c) -> tuple[Split, Split]:
-  import tensorflow_datasets as tfds
+  tfds = _tfds_module('scene_parse150')
   root, splits = _root(c), []
   for split in (c['train_split'], c['test_split']):
     reader = TfdsReader(c['name'], split, str(root), c['image_key'], c['annotation_key'], len(ADE20K_CLASSES))
@@ -894,7 +905,7 @@ def check_images(split: Split, name: str, skip_corrupt: bool, annotated: bool = 
   naming them all, or, with skip_corrupt, the split without them and their descriptions.
   `annotated` (segmentation kinds): each annotation too, which must have its image's size."""
   bad, errors = [], []
-  for i in tqdm(range(len(split)), desc=f'checking {name} images', unit='image', leave=False):
+  for i in distributed.progress(range(len(split)), desc=f'checking {name} images', unit='image', leave=False):
     try:
       image = split.image(i)
       if annotated:

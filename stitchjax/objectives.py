@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stitchjax import segmentation
+from stitchjax import distributed, segmentation
 from stitchjax import stitch as stitch_lib
 from stitchjax import vit
 
@@ -49,7 +49,7 @@ def head_apply(head, features):
 
 def head_init(dim: int, num_classes: int) -> dict:
   # Zero init: a linear probe's optimum does not depend on it, and it is the same for every seed.
-  return {'kernel': jnp.zeros((dim, num_classes), jnp.float32), 'bias': jnp.zeros((num_classes,), jnp.float32)}
+  return {'kernel': np.zeros((dim, num_classes), np.float32), 'bias': np.zeros((num_classes,), np.float32)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +143,8 @@ def evaluate(fn, trainable, frozen, arrays: dict, batch_size: int, put=lambda b:
   outs = {}
   for batch in train.batches(arrays, batch_size, seed=None):
     valid = int(batch['mask'].sum())
-    for k, v in jitted(trainable, frozen, put(batch)).items():
-      outs.setdefault(k, []).append(np.asarray(v)[:valid])
+    for k, v in distributed.to_host(jitted(trainable, frozen, put(batch))).items():
+      outs.setdefault(k, []).append(v[:valid])
   return {k: np.concatenate(v) for k, v in outs.items()}
 
 
@@ -182,7 +182,7 @@ def loss_score(loss_fn, batch_size: int, put=lambda b: b):
     total = count = 0.0
     for batch in train.batches(arrays, batch_size, seed=None):
       n = float(batch['mask'].sum())
-      total += float(jitted(trainable, frozen, put(batch))) * n
+      total += float(distributed.to_host(jitted(trainable, frozen, put(batch)))) * n
       count += n
     return -total / count
   return score

@@ -22,7 +22,10 @@ decodes each backbone's cached final patch tokens, `lfm`/`ffm` train the stitch 
 above and then a decoder on the frozen stitched model, `tlt`/`ffm_tlt` train stitch and
 decoder with per-pixel cross-entropy; the metric is 'miou' (stitchjax/segmentation.py).
 """
+import contextlib
+import csv
 import dataclasses
+import io
 import json
 import pathlib
 import warnings
@@ -30,10 +33,10 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
 from stitchjax import data as data_lib
-from stitchjax import atomic, export, features, objectives, segmentation, train
+from stitchjax import atomic, distributed, export, features, objectives, segmentation, train
 from stitchjax import stitch as stitch_lib
 from stitchjax.backbone import load_backbone
 
@@ -150,8 +153,30 @@ def standardised(feats: dict) -> dict:
   return {s: (np.asarray(f, np.float32) - mean) / std for s, f in feats.items()}
 
 
+def _same_backbone(before, now: dict) -> bool:
+  """Workdirs written before the identity held a backbone's setup recorded its parameter digest alone."""
+  if isinstance(before, str):
+    return before == now['params']
+  return json.loads(json.dumps(now)) == before
+
+
 def _write_json(path: pathlib.Path, obj) -> None:
-  atomic.write_text(path, json.dumps(obj, indent=1, default=float))
+  """Process 0 writes (stitchjax/distributed.py); the others compute the same and read it back."""
+  if distributed.is_main():
+    atomic.write_text(path, json.dumps(obj, indent=1, default=float))
+
+
+def write_results(workdir: pathlib.Path, records: list[dict]) -> None:
+  """results.json and results.csv (one row per record, the union of their fields), both atomically."""
+  if not distributed.is_main():
+    return
+  _write_json(workdir / 'results.json', records)
+  fields = list(dict.fromkeys(k for r in records for k in r))
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fields, lineterminator='\n')
+  writer.writeheader()
+  writer.writerows(records)
+  atomic.write_text(workdir / 'results.csv', out.getvalue())
 
 
 class Runner:
@@ -187,7 +212,7 @@ class Runner:
     c = self.config
     identity = {'classes': self.data.classes,
                 'splits': {name: split.fingerprint for name, split in self.data.splits.items()},
-                'backbones': {name: self.cache.backbone_digest(bb) for name, bb in self.backbones.items()},
+                'backbones': {name: self._backbone_identity(bb) for name, bb in self.backbones.items()},
                 'train': c.train.to_dict(), 'dtype': c.dtype, 'seed': c.seed, 'lora_rank': c.lora_rank}
     if self.task == 'segmentation':  # (classification workdirs keep their identity unchanged)
       identity |= {'task': self.task, 'label_size': c.label_size}
@@ -200,14 +225,21 @@ class Runner:
       raise ValueError(f'class-count mismatch: {self.workdir} holds results for {len(before["classes"])} classes, '
                        f'but config.data gives {len(identity["classes"])}; use another workdir')
     for key in identity:
-      if key == 'backbones':  # new backbones may join; known ones must be the same checkpoints
-        changed = [n for n, d in identity[key].items() if before[key].get(n, d) != d]
+      if key == 'backbones':  # new backbones may join; known ones must be the same checkpoints, run the same way
+        changed = [n for n, d in identity[key].items() if not _same_backbone(before[key].get(n, d), d)]
       else:
         changed = [] if json.loads(json.dumps(identity[key])) == before.get(key) else [key]
       if changed:
         raise ValueError(f'{self.workdir} holds results computed with a different {key} ({changed}); finished '
                          'cells would be reused. Use another workdir, or restore the previous setting')
     _write_json(path, identity | {'backbones': before['backbones'] | identity['backbones']})
+
+  def _backbone_identity(self, bb) -> dict:
+    """What a backbone's cached features and results depend on: its parameters, its architecture at the
+    run's image size and its preprocessing (DINOv3's RoPE has the same parameters at every resolution)."""
+    setup = dataclasses.replace(bb.config, dtype='float32', remat=False)  # compute settings are the run's
+    return {'params': self.cache.backbone_digest(bb), 'config': setup.to_dict(),
+            'preprocess': bb.preprocessing.to_dict()}
 
   # Data.
   def _check_images(self, skip_corrupt: bool) -> dict:
@@ -238,7 +270,8 @@ class Runner:
   def labels(self, split: str) -> np.ndarray:
     """Classification: int32 (N,); segmentation: uint8 (N, L, L) annotations at config.label_size."""
     if self.task == 'segmentation':
-      return segmentation.label_maps(self.data.splits[split], int(self.config.label_size), self.cache.root / 'labels')
+      return segmentation.label_maps(self.data.splits[split], int(self.config.label_size), self.cache.root / 'labels',
+                                     write=self.cache.writer)
     return np.asarray(self.data.splits[split].labels, np.int32)
 
   def _task_fns(self):
@@ -256,11 +289,11 @@ class Runner:
     """Trains at every learning rate; returns (params, lr, val score) of the best by validation."""
     root = self.workdir / 'cells' / unit
     t = self.config.train
-    done = {}
+    done, trained = {}, {}
     for lr in as_list(t.lrs):
       lr = float(lr)
       d = root / f'lr_{lr:g}'
-      if not (d / 'done.json').exists():
+      if not distributed.agree((d / 'done.json').exists()):
         schedule = train.Schedule(lr=lr, epochs=int(t.epochs), patience=int(t.patience), batch_size=batch_size,
                                   weight_decay=float(t.weight_decay), seed=int(self.config.seed),
                                   checkpoint_every_s=float(t.get('checkpoint_every_s', 0.0)))
@@ -268,9 +301,13 @@ class Runner:
                                     d / 'ckpt', desc=f'{unit} lr={lr:g}', placement=self.placement)
         train.save_tree(d / 'params', params)
         _write_json(d / 'done.json', {'lr': lr, 'val_score': history['best_val_score'], 'history': history})
-      done[lr] = json.loads((d / 'done.json').read_text())['val_score']
+        trained[lr], done[lr] = params, history['best_val_score']
+      else:
+        done[lr] = json.loads((d / 'done.json').read_text())['val_score']
     best = max(done, key=lambda lr: (done[lr], -lr))  # ties go to the smaller learning rate
-    return train.load_tree(root / f'lr_{best:g}' / 'params', init), best, done[best]
+    if best not in trained:
+      trained[best] = train.load_tree(root / f'lr_{best:g}' / 'params', init)
+    return trained[best], best, done[best]
 
   def probe(self, unit: str, feats: dict) -> tuple[dict, float, float]:
     """Linear probe on fixed features {split: (N, D)} (segmentation: patch tokens (N, g*g, D)):
@@ -289,7 +326,7 @@ class Runner:
   def run(self, cell: Cell) -> list[dict]:
     """A cell's records; a non-finite loss stops the cell, is recorded, and the sweep goes on."""
     out_path = self.workdir / 'cells' / cell.id / 'result.json'
-    if out_path.exists():
+    if distributed.agree(out_path.exists()):
       return json.loads(out_path.read_text())
     try:
       records = self.run_lp(cell) if cell.method == 'lp' else self.run_stitch(cell)
@@ -331,6 +368,9 @@ class Runner:
     if block is not None:
       frozen['block'] = block
     init = {'stitch': stitch_lib.init(spec, jax.random.key(int(self.config.seed)), block)}
+    # Placed once, so that training, validation and test see them placed alike and share compilations (the
+    # backbones stay process-local: each process extracts its own share of the features with them).
+    frozen, init = self.placement.replicate((frozen, init))
     # remat: the target suffix recomputes its activations in the backward pass instead of keeping them.
     target = dataclasses.replace(tgt.config, remat=bool(self.config.get('remat', False)))
     return objectives.Stitched(spec, target, self.task), frozen, init
@@ -400,36 +440,95 @@ class Runner:
       bb_spec = self.config.backbones[name]
       sources[role] = {'path': str(pathlib.Path(bb_spec.path).absolute()), 'image_size': bb_spec.get('image_size'),
                        'digest': self.cache.backbone_digest(self.backbones[name])}
-    export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources)
+    if distributed.is_main():
+      export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources)
 
   def _save_predictions(self, cell: Cell, pred: dict) -> None:
     """Per-example test predictions, for the prediction analyses of appendix B; segmentation: the
     per-image, per-class pixel counts (test_counts.npz), from which any subset's mIoU follows."""
-    path = self.workdir / 'cells' / cell.id / 'test_predictions.npy'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if self.task == 'segmentation':
-      np.savez(path.with_name('test_counts.npz'), **pred)
+    if not distributed.is_main():
       return
-    np.save(path, np.asarray(pred['prediction'], np.int32))
+    path = self.workdir / 'cells' / cell.id / 'test_predictions.npy'
+    if self.task == 'segmentation':
+      atomic.save_npz(path.with_name('test_counts.npz'), **pred)
+      return
+    atomic.save_npy(path, np.asarray(pred['prediction'], np.int32))
 
 
 def run(config) -> list[dict]:
   """Runs every cell of the config (resuming finished ones) and returns all records.
 
   All features are computed before any training, so bad data stops the run before training.
+  results.json and results.csv are rewritten after every cell. With several processes, process 0
+  holds the workdir lock and writes; every process computes (stitchjax/distributed.py).
   """
   validate(config)
-  with atomic.workdir_lock(config.workdir):
+  with session(config):
     runner = Runner(config)
-    if config.get('task', 'classification') == 'classification':
+    if config.get('task', 'classification') == 'classification' and distributed.is_main():
       # What the saved test predictions are scored against, for stitchjax/analysis.py's Table 12.
-      np.save(runner.workdir / 'test_labels.npy', runner.labels('test'))
+      atomic.save_npy(runner.workdir / 'test_labels.npy', runner.labels('test'))
     for name in runner.backbones:
       for split in ('train', 'val', 'test'):
         runner.feats(name, split)
     records = [{'source': None, 'target': None, 'layer': None, 'method': None, 'stitch_layer': None, 'split': name,
                 'metric': 'skipped_images', 'value': float(n)} for name, n in runner.skipped.items()]
-    for cell in tqdm(expand(config), desc='cells', unit='cell'):
+    for cell in distributed.progress(expand(config), desc='cells', unit='cell'):
       records += runner.run(cell)
-    _write_json(runner.workdir / 'results.json', records)
+      write_results(runner.workdir, records)
+    write_results(runner.workdir, records)
   return records
+
+
+@contextlib.contextmanager
+def session(config):
+  """What a job holds while it runs: the workdir lock and the persistent compilation cache."""
+  with _lock(config.workdir), compilation_cache(config):
+    yield
+
+
+@contextlib.contextmanager
+def compilation_cache(config):
+  """XLA's persistent compilation cache in config.compilation_cache_dir (default <cache_dir>/xla; 'none': off),
+  so that a resumed or repeated run loads what it compiled before instead of compiling it again.
+
+  Safe to share: JAX writes entries from process 0 only, and a size bound turns on JAX's file lock
+  around every read and write, which keeps concurrent runs on one directory from reading half-written
+  entries.
+  """
+  directory = config.get('compilation_cache_dir', '')
+  if directory == 'none':
+    yield
+    return
+  directory = directory or str(pathlib.Path(config.get('cache_dir') or pathlib.Path(config.workdir) / 'cache') / 'xla')
+  settings = {'jax_compilation_cache_dir': directory, 'jax_compilation_cache_max_size': XLA_CACHE_BYTES,
+              # the small programs of a CPU run compile in well under JAX's default 1 s threshold
+              'jax_persistent_cache_min_compile_time_secs': 0.0}
+  before = {name: getattr(jax.config, name) for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  jax_compilation_cache.reset_cache()  # JAX opens its cache once per process; open this one
+  try:
+    yield
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)
+    jax_compilation_cache.reset_cache()
+
+
+XLA_CACHE_BYTES = 4 * 2**30
+
+
+@contextlib.contextmanager
+def _lock(workdir):
+  """The workdir lock, held by process 0 for the whole run; the others stop with its error too."""
+  with contextlib.ExitStack() as stack:
+    error = None
+    if distributed.is_main():
+      try:
+        stack.enter_context(atomic.workdir_lock(workdir))
+      except RuntimeError as e:
+        error = e
+    if distributed.agree(error is not None):
+      raise error or RuntimeError(f'process 0 could not lock the workdir {workdir}; see its error')
+    yield

@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from PIL import Image
-from tqdm import tqdm
 
-from stitchjax import atomic, features
+from stitchjax import atomic, distributed, features
 
 
 def dense(bb):
@@ -44,16 +43,22 @@ def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(labels).resize((size, size), Image.NEAREST))
 
 
-def label_maps(split, size: int, root) -> np.ndarray:
-  """uint8 (N, size, size) resized annotations of `split`, memory-mapped; computed once per (split, size)."""
+def label_maps(split, size: int, root, write: bool = True) -> np.ndarray:
+  """uint8 (N, size, size) resized annotations of `split`, memory-mapped; computed once per (split, size).
+
+  write=False: another process writes `root` (stitchjax/distributed.py); wait for it.
+  """
   entry = pathlib.Path(root) / features.digest({'labels': split.fingerprint, 'size': size, 'resize': 'pil-nearest'})
-  if not (entry / 'labels.npy').exists():  # atomic.directory renames a finished entry into place
-    with atomic.directory(entry) as tmp:
-      out = np.lib.format.open_memmap(tmp / 'labels.npy', mode='w+', dtype=np.uint8, shape=(len(split), size, size))
-      for i in tqdm(range(len(split)), desc=f'label maps {size}px', unit='image', leave=False):
-        out[i] = resize_labels(split.annotation(i), size)
-      out.flush()
-      del out
+  missing = not (entry / 'labels.npy').exists()  # atomic.directory renames a finished entry into place
+  if distributed.any_process(missing):
+    if missing and write:
+      with atomic.directory(entry) as tmp:
+        out = np.lib.format.open_memmap(tmp / 'labels.npy', mode='w+', dtype=np.uint8, shape=(len(split), size, size))
+        for i in distributed.progress(range(len(split)), desc=f'label maps {size}px', unit='image', leave=False):
+          out[i] = resize_labels(split.annotation(i), size)
+        out.flush()
+        del out
+    distributed.barrier(f'label maps {entry.name}')
   return np.load(entry / 'labels.npy', mmap_mode='r')
 
 

@@ -18,6 +18,7 @@ its attention and MLP kernels, then a linear projection when the dims differ).
 Backbone parameters are always arguments: gradients never reach them.
 """
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -125,7 +126,9 @@ def align(tokens, source: vit.ViTConfig, target: vit.ViTConfig, learned_register
   return jnp.concatenate(out, axis=1)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init(spec: StitchSpec, rng, frozen_block=None) -> dict:
+  """One compiled initialiser per spec: flax's eager init would compile each of its small ops."""
   tokens = jnp.zeros((1, spec.source.num_tokens, spec.source.dim), jnp.float32)
   return Stitch(spec).init(rng, tokens, frozen_block)['params']
 

@@ -13,9 +13,11 @@ epoch, so a killed run resumes at the last finished epoch with the same result.
 """
 import dataclasses
 import functools
+import json
 import pathlib
 import time
 import warnings
+import zlib
 from typing import Any, Callable, Iterator
 
 import flax
@@ -23,9 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
-from stitchjax import atomic
+from stitchjax import atomic, distributed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,19 +70,22 @@ class Placement:
     return jax.tree.map(local, batch)
 
   def replicate(self, tree):
+    """Parameters on the devices, placed once: a step then always sees them placed the same way."""
     if self.mesh is None:
-      return tree
+      return jax.device_put(tree)
     return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
 
 
 @flax.struct.dataclass
 class State:
+  """What a fit resumes from. The arrays the step updates stay on the devices, placed once; the
+  early-stopping bookkeeping is host numpy, so no epoch can hand the step a differently placed input."""
   params: Any
   opt_state: Any
   best_params: Any
-  best_score: jax.Array  # higher is better (accuracy, or minus a matching loss)
-  epoch: jax.Array
-  bad_epochs: jax.Array
+  best_score: np.ndarray  # float32, higher is better (accuracy, or minus a matching loss)
+  epoch: np.ndarray  # int32
+  bad_epochs: np.ndarray  # int32
 
 
 def batches(arrays: dict, batch_size: int, *, seed: int | None, epoch: int = 0) -> Iterator[dict]:
@@ -103,21 +107,32 @@ def batches(arrays: dict, batch_size: int, *, seed: int | None, epoch: int = 0) 
     yield {k: np.asarray(v[idx]) for k, v in arrays.items()} | {'mask': mask}
 
 
-def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
+def _adamw(hyper: dict) -> optax.GradientTransformation:
+  """AdamW whose learning rate and weight decay are traced scalars: every rate of a sweep runs the same
+  compiled step. The optimizer state's structure does not depend on them."""
+  return optax.adamw(hyper['lr'], weight_decay=hyper['weight_decay'])
+
+
+def hyperparameters(lr: float, weight_decay: float) -> dict:
+  return {'lr': np.float32(lr), 'weight_decay': np.float32(weight_decay)}
+
+
+def make_step(loss_fn: Callable):
+  """The jitted update `(params, opt_state, frozen, batch, hyper) -> (params, opt_state, loss)`."""
   @jax.jit
-  def step(state: State, frozen, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, frozen, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), loss
+  def step(params, opt_state, frozen, batch, hyper):
+    loss, grads = jax.value_and_grad(loss_fn)(params, frozen, batch)
+    updates, opt_state = _adamw(hyper).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
   return step
 
 
 @functools.lru_cache(maxsize=8)
-def _step(loss_fn: Callable, lr: float, weight_decay: float):
-  """One jitted AdamW step per (loss, hyperparameters), so that neighbouring fits sharing them compile
-  once (a tlt cell and the ffm_tlt cell after it): on CPUs compiling outweighs a small fit. Bounded,
-  like objectives._jit, so that compiled executables do not pile up over a long sweep."""
-  return make_step(loss_fn, optax.adamw(lr, weight_decay=weight_decay))
+def _step(loss_fn: Callable):
+  """One jitted step per loss: bound methods of equal `Stitched` models compare equal, so every cell,
+  learning rate and stage with the same program shares one compilation (jit adds shapes and dtypes to
+  the key). Bounded, like objectives._jit, so that compiled executables do not pile up over a sweep."""
+  return make_step(loss_fn)
 
 
 def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val: dict, schedule: Schedule,
@@ -125,42 +140,45 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
         ) -> tuple[Any, dict]:
   """Trains `params`; returns (best params by validation score, history).
 
-  score_fn(params, frozen, val) -> float, higher is better.
+  score_fn(params, frozen, val) -> float, higher is better, the same on every process.
   """
-  optimizer = optax.adamw(schedule.lr, weight_decay=schedule.weight_decay)
-  state = State(params, optimizer.init(params), params, jnp.array(-jnp.inf), jnp.array(0), jnp.array(0))
+  state = State(params, _adamw(hyperparameters(1.0, 0.0)).init(params), params, np.float32(-np.inf), np.int32(0),
+                np.int32(0))
   manager = _manager(ckpt_dir)
   if manager is not None:
     state = _restore(manager, state)
-  state, frozen = placement.replicate(state), placement.replicate(frozen)
-  step = _step(loss_fn, schedule.lr, schedule.weight_decay)
+  state = state.replace(**placement.replicate({'params': state.params, 'opt_state': state.opt_state,
+                                                'best_params': state.best_params}))
+  frozen, hyper = placement.replicate(frozen), hyperparameters(schedule.lr, schedule.weight_decay)
+  step = _step(loss_fn)
   history = {'train_loss': [], 'val_score': []}
-  bar = tqdm(total=schedule.epochs, initial=int(state.epoch), desc=desc, unit='epoch', leave=False)
+  bar = distributed.progress(total=schedule.epochs, initial=int(state.epoch), desc=desc, unit='epoch', leave=False)
   saved_at = time.monotonic()
-  while int(state.epoch) < schedule.epochs and int(state.bad_epochs) < schedule.patience:
-    losses = []
-    steps = tqdm(batches(train, schedule.batch_size, seed=schedule.seed, epoch=int(state.epoch)), desc='steps',
-                 total=-(-len(next(iter(train.values()))) // schedule.batch_size), unit='step', leave=False)
+  while state.epoch < schedule.epochs and state.bad_epochs < schedule.patience:
+    losses, params, opt_state = [], state.params, state.opt_state
+    steps = distributed.progress(batches(train, schedule.batch_size, seed=schedule.seed, epoch=int(state.epoch)),
+                                 desc='steps', total=-(-len(next(iter(train.values()))) // schedule.batch_size),
+                                 unit='step', leave=False)
     for batch in steps:
-      state, loss = step(state, frozen, placement.batch(batch))
+      params, opt_state, loss = step(params, opt_state, frozen, placement.batch(batch), hyper)
       losses.append(loss)
-    losses = np.asarray(jnp.stack(losses))
-    if not np.isfinite(losses).all():  # checked once per epoch: a per-step check would sync every step
+    losses = np.stack(distributed.to_host(losses))  # once per epoch: a per-step check would sync every step
+    if not np.isfinite(losses).all():
       bad = int(np.argmin(np.isfinite(losses)))
       raise FloatingPointError(f'{desc}: loss {losses[bad]} at step {bad} of epoch {int(state.epoch)} '
                                f'(lr={schedule.lr}); the last good checkpoint is epoch {int(state.epoch)}')
     train_loss = float(losses.mean())
-    score = float(score_fn(state.params, frozen, val))
-    better = score > float(state.best_score)
-    state = state.replace(best_params=state.params if better else state.best_params,
-                          best_score=jnp.array(max(score, float(state.best_score))), epoch=state.epoch + 1,
-                          bad_epochs=jnp.array(0) if better else state.bad_epochs + 1)
+    score = float(score_fn(params, frozen, val))
+    better = score > state.best_score
+    state = State(params, opt_state, params if better else state.best_params, np.float32(max(score, state.best_score)),
+                  np.int32(state.epoch + 1), np.int32(0 if better else state.bad_epochs + 1))
     history['train_loss'].append(train_loss)
     history['val_score'].append(score)
-    stopping = int(state.epoch) >= schedule.epochs or int(state.bad_epochs) >= schedule.patience
-    if manager is not None and (stopping or time.monotonic() - saved_at >= schedule.checkpoint_every_s):
+    stopping = state.epoch >= schedule.epochs or state.bad_epochs >= schedule.patience
+    # Agreed: every process must take part in the gathers that a save starts.
+    if manager is not None and distributed.agree(stopping or time.monotonic() - saved_at >= schedule.checkpoint_every_s):
       with atomic.disk_full_is_clear(f'the checkpoint of {desc} in {ckpt_dir}'):
-        manager.save(int(state.epoch), args=_save_args(state))
+        _save(manager, int(state.epoch), state)
       saved_at = time.monotonic()
     bar.update()
     bar.set_postfix(loss=f'{train_loss:.4g}', val=f'{score:.4g}')
@@ -175,40 +193,103 @@ def _manager(ckpt_dir):
   if ckpt_dir is None:
     return None
   import orbax.checkpoint as ocp
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(pathlib.Path(ckpt_dir).absolute(), options=options)
+  directory = pathlib.Path(ckpt_dir).absolute()
+  directory.mkdir(parents=True, exist_ok=True)  # orbax creates no directory for a process-local manager
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=False,
+                                         multiprocessing_options=_this_process_only())
+  return ocp.CheckpointManager(directory, options=options)
 
 
-def _save_args(state: State):
+def _this_process_only():
+  """orbax options for a checkpoint that this process alone reads or writes. Trained parameters are
+  replicated and small, so process 0 saves them and no process waits in orbax's cross-process
+  barriers (stitchjax/distributed.py); every process restores from the shared workdir."""
   import orbax.checkpoint as ocp
-  return ocp.args.StandardSave(jax.tree.map(np.asarray, state))
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
+def _save(manager, step: int, state: State) -> None:
+  """Process 0 saves the step, then records the size and crc32 of each of its files, which is what
+  proves a step corrupt later rather than merely unreadable for a moment (see _restore)."""
+  import orbax.checkpoint as ocp
+  state = distributed.to_host(state)
+  if not distributed.is_main():
+    return
+  manager.save(step, args=ocp.args.StandardSave(state))
+  manifests = pathlib.Path(manager.directory) / MANIFESTS
+  atomic.write_text(manifests / f'{step}.json', json.dumps(_file_digests(pathlib.Path(manager.directory) / str(step))))
+  for old in manifests.glob('*.json'):
+    if int(old.stem) not in manager.all_steps():
+      old.unlink()
+
+
+MANIFESTS = '.manifests'  # beside orbax's step directories, which orbax alone manages
+RESTORE_ATTEMPTS = 3
+
+
+def _file_digests(step_dir: pathlib.Path) -> dict:
+  return {str(f.relative_to(step_dir)): [f.stat().st_size, zlib.crc32(f.read_bytes())]
+          for f in sorted(step_dir.rglob('*')) if f.is_file()}
+
+
+def _damage(directory, step: int) -> str | None:
+  """What proves `step` corrupt: a file missing, resized or changed since it was saved; None if its
+  files are as saved, or if no manifest was recorded (a step saved by an older stitchjax)."""
+  manifest = pathlib.Path(directory) / MANIFESTS / f'{step}.json'
+  if not manifest.exists():
+    return None
+  expected = json.loads(manifest.read_text())
+  found = _file_digests(pathlib.Path(directory) / str(step))
+  for name, digest in expected.items():
+    if found.get(name) != digest:
+      return f'{name} is {"missing" if name not in found else "not as saved"}'
+  return None
 
 
 def _restore(manager, state: State) -> State:
-  """The latest readable step; a corrupt one is skipped with a warning naming it (and removed)."""
+  """The latest readable step. A step proven corrupt (_damage) is skipped with a warning naming it, and
+  removed; any other failure is retried, then raised with the step kept: a storage hiccup must
+  never destroy a good checkpoint."""
   import orbax.checkpoint as ocp
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype), state)
+  abstract = jax.tree.map(lambda a: np.zeros(np.shape(a), jnp.asarray(a).dtype), state)
   for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # orbax raises many types for a damaged step; all mean "unusable"
-      warnings.warn(f'checkpoint step {step} in {manager.directory} is unreadable ({type(e).__name__}: {e}); '
-                    'falling back to the previous step')
-      manager.delete(step)
+    for attempt in range(RESTORE_ATTEMPTS):
+      try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # orbax raises many types; the manifest tells corruption from the rest
+        damage = _damage(manager.directory, step)
+        if damage is not None:
+          warnings.warn(f'checkpoint step {step} in {manager.directory} is corrupt ({damage}; '
+                        f'{type(e).__name__}: {e}); falling back to the previous step')
+          if distributed.is_main():
+            manager.delete(step)
+          break
+        if attempt == RESTORE_ATTEMPTS - 1:
+          raise OSError(f'checkpoint step {step} in {manager.directory} could not be read in {RESTORE_ATTEMPTS} '
+                        f'attempts ({type(e).__name__}: {e}). Its files are as saved, so it is kept; re-run once the '
+                        f'storage answers again (or delete {manager.directory}/{step} to train that part again)') from e
+        time.sleep(2**attempt)
   return state
 
 
 def save_tree(path: pathlib.Path, tree) -> None:
-  """An orbax checkpoint of a pytree; orbax writes to a temporary directory and renames it when complete."""
+  """An orbax checkpoint of a pytree, written by process 0; orbax writes to a temporary directory and
+  renames it when complete."""
   import orbax.checkpoint as ocp
-  checkpointer = ocp.StandardCheckpointer()
+  tree = distributed.to_host(tree)
+  if not distributed.is_main():
+    return
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
   with atomic.disk_full_is_clear(path):
     # force: a run killed between this save and its done.json mark saves again on resume.
-    checkpointer.save(pathlib.Path(path).absolute(), jax.tree.map(np.asarray, tree), force=True)
+    checkpointer.save(pathlib.Path(path).absolute(), tree, force=True)
     checkpointer.wait_until_finished()
 
 
 def load_tree(path: pathlib.Path, like):
+  """numpy arrays shaped like `like`, on every process."""
   import orbax.checkpoint as ocp
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype), like)
-  return ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute(), abstract)
+  abstract = jax.tree.map(lambda a: np.zeros(np.shape(a), jnp.asarray(a).dtype), like)
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
+  return checkpointer.restore(pathlib.Path(path).absolute(), abstract)

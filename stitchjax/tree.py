@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stitchjax import objectives, vit
+from stitchjax import distributed, objectives, vit
 from stitchjax import stitch as stitch_lib
 
 
@@ -260,11 +260,11 @@ def run(config) -> list[dict]:
   Each stitch is trained by FFM from the trunk's cached tokens (label-free), each probe by the
   protocol's learning-rate sweep with early stopping on val; every unit resumes (protocol.Runner).
   """
-  from stitchjax import atomic, protocol
+  from stitchjax import protocol
   config, names = _tree_config(config)
   out_layer = int(config.out_layer) or None  # 0: each backbone's penultimate block
   workdir = pathlib.Path(config.workdir)
-  with atomic.workdir_lock(workdir):
+  with protocol.session(config):
     runner = protocol.Runner(config)
     bbs = {n: runner.backbones[n] for n in names}
     params = {n: bbs[n].params for n in names}
@@ -321,7 +321,8 @@ def run(config) -> list[dict]:
     for r in rows:  # equation 2 compares with the trunk alone; another backbone alone is not on that scale
       on_scale = not r['variant'].startswith('alone_') or r['variant'] == f'alone_{names[0]}'
       r['normalised_gain'] = normalised_gain(r['test_accuracy'], acc[f'alone_{names[0]}'], acc['full']) if on_scale else None
-    _write_tables(workdir, rows, names, config)
+    if distributed.is_main():
+      _write_tables(workdir, rows, names, config)
   return rows
 
 
