@@ -164,7 +164,11 @@ def main():
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument('--rounds', type=int, default=5, help='timed rounds per side, alternating')
   p.add_argument('--cores', type=int, default=None, help='pin the process (both runtimes) to this many cores')
+  p.add_argument('--cpu-score-bytes', type=int, default=None,
+                 help='CPU attention: score bytes per call (stitchjax.vit.CPU_SCORE_BYTES); 0: all heads in one call')
   args = p.parse_args()
+  if args.cpu_score_bytes is not None:
+    stitchjax.vit.CPU_SCORE_BYTES = args.cpu_score_bytes or 2**62
   families = FAMILIES if args.family == 'all' else tuple(args.family.split(','))
   if args.cores:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
@@ -172,7 +176,8 @@ def main():
   gpu = jax.default_backend() == 'gpu'
   peak = matmul_peak('bfloat16') if gpu else None
   print(header())
-  print(f'# median of {args.rounds} alternating rounds; ratio = stitchjax / transformers (SDPA)'
+  print(f'# median of {args.rounds} alternating rounds; ratio = stitchjax / transformers (SDPA); '
+        f'CPU attention score bytes per call: {stitchjax.vit.CPU_SCORE_BYTES}'
         + (f'; MFU over a measured bf16 matmul peak of {peak / 1e12:.0f} TFLOP/s' if peak else ''))
   cols = '| model | batch | dtype | stitchjax img/s | transformers img/s | ratio |' + (' MFU stitchjax | MFU transformers |' if peak else '')
   print(cols)

@@ -63,7 +63,7 @@ def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES, task:
   c.feature_batch_size = 64
   c.eval_batch_size = 0  # validation and test passes (no gradients); 0: train.batch_size.default
   c.cache_dir = ''  # default: <workdir>/cache
-  c.compilation_cache_dir = ''  # XLA's persistent cache; default: <cache_dir>/xla; 'none': off
+  c.compilation_cache_dir = ''  # XLA's persistent cache; default: JAX's own if set, else <cache_dir>/xla; 'none': off
   c.export = 'ffm_tlt' if task == 'classification' else ''  # segmentation models are not exported
   c.analysis_only = False  # True: train nothing, rewrite the analyses (stitchjax/analysis.py) from the workdir
   # True: one process per host or GPU node (stitchjax/distributed.py). Under srun and on TPU VMs JAX finds

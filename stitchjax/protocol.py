@@ -489,15 +489,16 @@ def session(config):
 
 @contextlib.contextmanager
 def compilation_cache(config):
-  """XLA's persistent compilation cache in config.compilation_cache_dir (default <cache_dir>/xla; 'none': off),
-  so that a resumed or repeated run loads what it compiled before instead of compiling it again.
+  """XLA's persistent compilation cache in config.compilation_cache_dir (default: the one JAX is already set to
+  use, e.g. by $JAX_COMPILATION_CACHE_DIR, else <cache_dir>/xla; 'none': off), so that a resumed or repeated run
+  loads what it compiled before instead of compiling it again.
 
   Safe to share: JAX writes entries from process 0 only, and a size bound turns on JAX's file lock
   around every read and write, which keeps concurrent runs on one directory from reading half-written
   entries.
   """
   directory = config.get('compilation_cache_dir', '')
-  if directory == 'none':
+  if directory == 'none' or (not directory and jax.config.jax_compilation_cache_dir):
     yield
     return
   directory = directory or str(pathlib.Path(config.get('cache_dir') or pathlib.Path(config.workdir) / 'cache') / 'xla')

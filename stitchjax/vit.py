@@ -180,12 +180,30 @@ class Embed(nn.Module):
 def attention(q, k, v):
   """softmax(q kᵀ / √head_dim) v: q (B,Tq,N,H), k and v (B,Tk,N,H).
 
-  jax.nn.dot_product_attention picks XLA on every device unless asked, so on GPUs in
-  bfloat16/float16 this asks for cuDNN flash attention, which keeps no (Tq, Tk) scores.
+  jax.nn.dot_product_attention lowers to XLA on every device unless asked. On GPUs in
+  bfloat16/float16 this asks for cuDNN flash attention, which keeps no (Tq, Tk) scores. On
+  CPUs it runs a few heads at a time: one call over all heads writes the whole
+  (B, N, Tq, Tk) score tensor (25 MB at ViT-B, batch 8) and reads it back from memory,
+  where a chunk's scores stay in cache (BENCHMARKS.md). The chunks are static slices of
+  the heads axis, so a batch sharded over a mesh stays sharded as it is.
   """
-  if jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16):
+  backend = jax.default_backend()
+  if backend == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16):
     return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
-  return jax.nn.dot_product_attention(q, k, v)
+  heads = q.shape[2]
+  chunk = cpu_head_chunk(q.shape, k.shape) if backend == 'cpu' else heads
+  if chunk >= heads:
+    return jax.nn.dot_product_attention(q, k, v)
+  return jnp.concatenate([jax.nn.dot_product_attention(q[:, :, i:i + chunk], k[:, :, i:i + chunk], v[:, :, i:i + chunk])
+                          for i in range(0, heads, chunk)], axis=2)
+
+
+CPU_SCORE_BYTES = 2 << 20  # a chunk's float32 scores: about one core's L2
+
+
+def cpu_head_chunk(q_shape, k_shape) -> int:
+  """Heads per attention call on CPUs: as many as keep the chunk's (B, heads, Tq, Tk) scores in CPU_SCORE_BYTES."""
+  return max(1, CPU_SCORE_BYTES // (q_shape[0] * q_shape[1] * k_shape[1] * 4))
 
 
 class Attention(nn.Module):

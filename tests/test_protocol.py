@@ -94,6 +94,22 @@ def test_an_interrupted_cell_resumes_to_the_same_result(setup):
   assert json.loads((work / 'cells' / cell / 'result.json').read_text()) == before
 
 
+def test_a_workdir_refuses_a_backbone_run_at_another_image_size(setup, tmp_path):
+  """DINOv3's RoPE has the same parameters at every resolution: the parameter digest alone would let a run at
+  another image_size reuse cells computed at the old one."""
+  _, root = setup
+  H.build('dinov3', tmp_path / 'dinov3')
+  c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(root / 'data'),
+                                                        val_fraction=0.25, seed=0),
+                           backbones={'a': {'path': str(tmp_path / 'dinov3'), 'image_size': 32}})
+  c.pairs, c.methods, c.layers = 'a:a', 'lp', '1'
+  protocol.Runner(c)  # records the workdir's identity
+  protocol.Runner(c)  # the same setup is welcome
+  c.backbones.a.image_size = 64
+  with pytest.raises(ValueError, match=r"different backbones \(\['a'\]\)"):
+    protocol.Runner(c)
+
+
 def test_export_reloads_and_reproduces_predictions(setup):
   config, root = setup
   work = pathlib.Path(config.workdir)

@@ -1,4 +1,5 @@
-"""train.fit compiles each program once: across epochs, learning rates, a resume and the data-parallel mesh."""
+"""train.fit compiles each program once: across epochs, learning rates, a resume and the data-parallel mesh;
+and the head-chunked CPU attention under that mesh gives the losses of one device."""
 import json
 import os
 import pathlib
@@ -19,7 +20,8 @@ from jax import monitoring
 from jax._src import dispatch
 sys.path.insert(0, 'tests')
 from test_stitch import _tiny_problem
-from stitchjax import objectives, train
+from stitchjax import objectives, train, vit
+vit.CPU_SCORE_BYTES = 1  # attention one head at a time, as larger models run it on CPUs, under the mesh too
 compiled = collections.Counter()
 def count(event, seconds, fun_name='', **kw):
   if event == dispatch.BACKEND_COMPILE_EVENT:
@@ -42,6 +44,7 @@ print(json.dumps({'devices': jax.device_count(), 'losses': losses + h['train_los
 
 
 def test_a_sweep_compiles_each_program_once_and_eight_devices_match_one():
+  """Eight devices shard the batch of a fit whose target runs head-chunked attention: the same losses as one."""
   out = {}
   for n in (1, 8):
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}', JAX_PLATFORMS='cpu')
@@ -58,15 +61,30 @@ def test_a_sweep_compiles_each_program_once_and_eight_devices_match_one():
 
 def test_the_persistent_compilation_cache_is_written_and_the_settings_restored(tmp_path):
   config = config_lib.stitching(str(tmp_path / 'work'), {'kind': 'image_folder', 'root': 'unused'})
+  config.compilation_cache_dir = str(tmp_path / 'xla')
   before = jax.config.jax_compilation_cache_dir
   with protocol.compilation_cache(config):
-    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'work' / 'cache' / 'xla')
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'xla')
     jax.jit(lambda x: x * 3 + 1)(np.arange(7.0)).block_until_ready()
   assert jax.config.jax_compilation_cache_dir == before
-  assert any((tmp_path / 'work' / 'cache' / 'xla').glob('*-cache')), list((tmp_path / 'work' / 'cache' / 'xla').iterdir())
+  assert any((tmp_path / 'xla').glob('*-cache')), list((tmp_path / 'xla').iterdir())
   config.compilation_cache_dir = 'none'
   with protocol.compilation_cache(config):
     assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_a_run_uses_the_workdir_cache_unless_jax_has_one(tmp_path):
+  config = config_lib.stitching(str(tmp_path / 'work'), {'kind': 'image_folder', 'root': 'unused'})
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'users'))
+    with protocol.compilation_cache(config):
+      assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'users')
+    jax.config.update('jax_compilation_cache_dir', None)
+    with protocol.compilation_cache(config):
+      assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'work' / 'cache' / 'xla')
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before)
 
 
 @pytest.mark.parametrize('field', ['lr', 'epochs', 'patience', 'batch_size'])

@@ -47,6 +47,21 @@ def test_every_layer_boundary_matches_transformers(case):
       assert H.rel_err(bb.pool(bb.params, final), ref.pooled) <= TOL_F32, (name, size, 'pool')
 
 
+def test_head_chunked_cpu_attention_matches_transformers(tmp_path, monkeypatch):
+  """The tiny test models fit one attention call; a one-byte budget forces one head per call."""
+  monkeypatch.setattr(vit, 'CPU_SCORE_BYTES', 1)
+  jax.clear_caches()  # programs traced with the default budget must not be reused
+  model = H.build('dinov3', tmp_path)
+  bb = load_backbone(tmp_path)
+  x = H.images(2, bb.config.image_size)
+  ref = H.reference(model, x)
+  q_shape = (2, bb.config.num_tokens, bb.config.heads, bb.config.head_dim)
+  assert jax.default_backend() != 'cpu' or vit.cpu_head_chunk(q_shape, q_shape) == 1
+  for a in range(bb.config.depth):
+    assert H.rel_err(bb.blocks(bb.params, ref.hidden_states[a], a, a + 1), ref.hidden_states[a + 1]) <= TOL_F32, a
+  jax.clear_caches()
+
+
 def test_bfloat16_matches_transformers(case):
   name, directory, model = case
   bb = load_backbone(directory, dtype=jnp.bfloat16)
