@@ -98,3 +98,29 @@ def rel_err(ours, ref) -> float:
   ours, ref = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
   assert ours.shape == ref.shape, (ours.shape, ref.shape)
   return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+RUN_CONFIG = '''
+from stitchjax import config_lib
+
+
+def get_config():
+  c = config_lib.stitching('unused', dict(kind='image_folder', root={data!r}, val_fraction=0.25, seed=0),
+                           backbones={{'a': {{'path': {a!r}, 'image_size': 42}}, 'b': {{'path': {b!r}, 'image_size': 32}}}})
+  c.pairs = 'a:b'
+  c.layers = '1'
+  c.methods = {methods!r}
+  c.dtype = 'float32'
+  c.train.epochs, c.train.patience, c.train.lrs = {epochs}, {epochs}, {lrs!r}
+  c.train.batch_size = {{'lfm': 8, 'default': 8}}
+  c.feature_batch_size = 4
+  c.export = {export!r}
+  return c
+'''
+
+
+def write_run_config(path, root, *, methods: str, epochs: int, lrs: str, export: str) -> None:
+  """A config file for run.py over the tiny models root/'a' (DINOv2 with registers), root/'b' (SigLIP) and the
+  image folder root/'data', as subprocess tests start it."""
+  path.write_text(RUN_CONFIG.format(data=str(root / 'data'), a=str(root / 'a'), b=str(root / 'b'), methods=methods,
+                                    epochs=epochs, lrs=lrs, export=export))

@@ -17,23 +17,6 @@ from test_protocol import _image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-CONFIG = '''
-from stitchjax import config_lib
-
-
-def get_config():
-  c = config_lib.stitching('unused', dict(kind='image_folder', root={data!r}, val_fraction=0.25, seed=0),
-                           backbones={{'a': {{'path': {a!r}, 'image_size': 42}}, 'b': {{'path': {b!r}, 'image_size': 32}}}})
-  c.pairs = 'a:b'
-  c.layers = '1'
-  c.methods = 'lp,ffm,tlt'
-  c.dtype = 'float32'
-  c.train.epochs, c.train.patience, c.train.lrs = 2, 2, '0.01,0.03'
-  c.train.batch_size = {{'lfm': 8, 'default': 8}}
-  c.feature_batch_size = 4
-  c.export = 'tlt'
-  return c
-'''
 
 
 @pytest.fixture(scope='module')
@@ -43,7 +26,7 @@ def config(tmp_path_factory):
   H.build('siglip', root / 'b')
   _image_folder(root / 'data', {'train': 8, 'test': 5})
   path = root / 'cfg.py'
-  path.write_text(CONFIG.format(data=str(root / 'data'), a=str(root / 'a'), b=str(root / 'b')))
+  H.write_run_config(path, root, methods='lp,ffm,tlt', epochs=2, lrs='0.01,0.03', export='tlt')
   return path
 
 

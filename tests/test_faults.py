@@ -217,23 +217,6 @@ def test_a_killed_cache_build_resumes_at_its_last_chunk(tmp_path, monkeypatch):
   assert [p.name for p in (tmp_path / 'cache').iterdir() if p.name.startswith('.')] == []
 
 
-CONFIG = '''
-from stitchjax import config_lib
-
-
-def get_config():
-  c = config_lib.stitching('unused', dict(kind='image_folder', root={data!r}, val_fraction=0.25, seed=0),
-                           backbones={{'a': {{'path': {a!r}, 'image_size': 42}}, 'b': {{'path': {b!r}, 'image_size': 32}}}})
-  c.pairs = 'a:b'
-  c.layers = '1'
-  c.methods = 'lp,ffm_tlt'
-  c.dtype = 'float32'
-  c.train.epochs, c.train.patience, c.train.lrs = 3, 3, '0.003,0.03'
-  c.train.batch_size = {{'lfm': 8, 'default': 8}}
-  c.feature_batch_size = 4
-  c.export = 'ffm_tlt'
-  return c
-'''
 
 
 def _run(config, workdir, kill_after=None):
@@ -257,7 +240,7 @@ def test_killed_at_seeded_points_the_rerun_finishes_with_identical_results(tmp_p
   H.build('siglip', tmp_path / 'b')
   _image_folder(tmp_path / 'data', {'train': 8, 'test': 3})
   config = tmp_path / 'cfg.py'
-  config.write_text(CONFIG.format(data=str(tmp_path / 'data'), a=str(tmp_path / 'a'), b=str(tmp_path / 'b')))
+  H.write_run_config(config, tmp_path, methods='lp,ffm_tlt', epochs=3, lrs='0.003,0.03', export='ffm_tlt')
   start = time.monotonic()
   assert _run(config, tmp_path / 'ref')[0]
   duration = time.monotonic() - start

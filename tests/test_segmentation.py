@@ -1,5 +1,4 @@
 """Semantic segmentation (paper §5.1, A.2.5): data, linear decoder, loss, mIoU, and protocol runs."""
-import json
 import pathlib
 
 import jax
