@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stitchjax import distributed, segmentation
+from stitchjax import distributed, segmentation, train
 from stitchjax import stitch as stitch_lib
 from stitchjax import vit
 
@@ -138,7 +138,6 @@ def decoder_counts(trainable, frozen, batch):
 
 def evaluate(fn, trainable, frozen, arrays: dict, batch_size: int, put=lambda b: b) -> dict:
   """Runs a per-example function over arrays in batches -> {name: np.ndarray (N, ...)}."""
-  from stitchjax import train
   jitted = _jit(fn)
   outs = {}
   for batch in train.batches(arrays, batch_size, seed=None):
@@ -148,14 +147,16 @@ def evaluate(fn, trainable, frozen, arrays: dict, batch_size: int, put=lambda b:
   return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-@functools.lru_cache(maxsize=32)
 def _jit(fn):
-  """One compiled function per evaluation function (bound methods of equal Stitched compare equal).
+  """One compiled function per evaluation function of equal models (train.by_value)."""
+  return _cached_jit(*train.by_value(fn))
 
-  Bounded: every compiled executable keeps memory maps alive, and a long sweep of cells would
-  otherwise exhaust the process's map count (vm.max_map_count) and crash inside XLA's compiler.
-  """
-  return jax.jit(fn)
+
+@functools.lru_cache(maxsize=32)
+def _cached_jit(func, owner):
+  """Bounded: every compiled executable keeps memory maps alive, and a long sweep of cells would
+  otherwise exhaust the process's map count (vm.max_map_count) and crash inside XLA's compiler."""
+  return jax.jit(train.from_key(func, owner))
 
 
 def accuracy_score(predict_fn, batch_size: int, put=lambda b: b):
@@ -175,7 +176,6 @@ def miou_score(counts_fn, batch_size: int, put=lambda b: b):
 
 def loss_score(loss_fn, batch_size: int, put=lambda b: b):
   """A validation score for fit(): minus the mean loss over the split (higher is better)."""
-  from stitchjax import train
   jitted = _jit(loss_fn)
 
   def score(trainable, frozen, arrays):

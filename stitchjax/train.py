@@ -13,6 +13,7 @@ epoch, so a killed run resumes at the last finished epoch with the same result.
 """
 import dataclasses
 import functools
+import inspect
 import json
 import pathlib
 import time
@@ -127,12 +128,27 @@ def make_step(loss_fn: Callable):
   return step
 
 
-@functools.lru_cache(maxsize=8)
+def by_value(fn: Callable) -> tuple:
+  """A cache key under which equal models share programs. A bound method compares its instance by
+  identity, so the `tlt_loss` of two equal `Stitched` models (a tlt cell and the ffm_tlt cell after it)
+  would be two keys; (function, instance) compares the frozen dataclass by value."""
+  return (fn.__func__, fn.__self__) if inspect.ismethod(fn) else (fn, None)
+
+
+def from_key(func: Callable, owner) -> Callable:
+  return func if owner is None else functools.partial(func, owner)
+
+
 def _step(loss_fn: Callable):
-  """One jitted step per loss: bound methods of equal `Stitched` models compare equal, so every cell,
-  learning rate and stage with the same program shares one compilation (jit adds shapes and dtypes to
-  the key). Bounded, like objectives._jit, so that compiled executables do not pile up over a sweep."""
-  return make_step(loss_fn)
+  """One jitted step per loss of equal models: every cell, learning rate and stage with the same program
+  shares one compilation (jit adds shapes and dtypes to the key)."""
+  return _cached_step(*by_value(loss_fn))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(func: Callable, owner):
+  # Bounded, like objectives._jit, so that compiled executables do not pile up over a sweep.
+  return make_step(from_key(func, owner))
 
 
 def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val: dict, schedule: Schedule,
