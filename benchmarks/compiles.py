@@ -61,21 +61,6 @@ print('RESULT', json.dumps(counts))
 '''
 
 
-def _images(root: pathlib.Path, per_class: dict) -> None:
-  """Three colour-coded classes with noise: learnable only through the backbone features."""
-  import numpy as np
-  from PIL import Image
-  rng = np.random.default_rng(0)
-  for split, n in per_class.items():
-    for c in range(3):
-      d = root / split / f'class{c}'
-      d.mkdir(parents=True)
-      for i in range(n):
-        img = rng.integers(0, 120, (40, 48, 3)).astype(np.uint8)
-        img[..., c] += 120
-        Image.fromarray(img).save(d / f'{i}.png')
-
-
 def _run(repo: pathlib.Path, root: pathlib.Path) -> dict:
   code = CHILD.format(repo=str(repo), workdir=str(root / 'work'), data=str(root / 'data'), a=str(root / 'a'),
                       b=str(root / 'b'))
@@ -94,9 +79,7 @@ def main():
   sys.path.insert(0, str(ROOT / 'tests'))
   import hf_models
   root = pathlib.Path(args.root or tempfile.mkdtemp())
-  hf_models.build('dinov2_registers', root / 'a')
-  hf_models.build('siglip', root / 'b')
-  _images(root / 'data', {'train': 24, 'test': 8})
+  hf_models.tiny_pair(root, {'train': 24, 'test': 8})
   repo = pathlib.Path(args.repo).resolve()
   print(f'# {repo} ({subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}), '
         f'{time.strftime("%Y-%m-%d")}, {os.cpu_count()} cores')

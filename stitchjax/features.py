@@ -153,7 +153,7 @@ class _Build:
     """Computes the chunks some process lacks; `done`: this process already has the entry."""
     with self._writing(active=self.cache.writer and not done) as out:
       have = np.array([out is None or (self.partial / 'chunks' / f'{i}.json').exists() for i in range(len(self.chunks))])
-      todo = [i for i in np.flatnonzero(~distributed.gather(have).all(0))]
+      todo = np.flatnonzero(~distributed.gather(have).all(0)).tolist()
       count, me = jax.process_count(), jax.process_index()
       bar = distributed.progress(total=sum(self.chunks[i][1] - self.chunks[i][0] for i in todo), unit='image',
                                  desc=f'features {self.desc}', leave=False)

@@ -268,7 +268,7 @@ def _restore(manager, state: State) -> State:
   removed; any other failure is retried, then raised with the step kept: a storage hiccup must
   never destroy a good checkpoint."""
   import orbax.checkpoint as ocp
-  abstract = jax.tree.map(lambda a: np.zeros(np.shape(a), jnp.asarray(a).dtype), state)
+  abstract = _numpy_like(state)
   for step in sorted(manager.all_steps(), reverse=True):
     for attempt in range(RESTORE_ATTEMPTS):
       try:
@@ -289,6 +289,11 @@ def _restore(manager, state: State) -> State:
   return state
 
 
+def _numpy_like(tree):
+  """What orbax restores into: numpy arrays of `tree`'s shapes and dtypes, so that a restore lands on the host."""
+  return jax.tree.map(lambda a: np.zeros(np.shape(a), jnp.asarray(a).dtype), tree)
+
+
 def save_tree(path: pathlib.Path, tree) -> None:
   """An orbax checkpoint of a pytree, written by process 0; orbax writes to a temporary directory and
   renames it when complete."""
@@ -306,6 +311,6 @@ def save_tree(path: pathlib.Path, tree) -> None:
 def load_tree(path: pathlib.Path, like):
   """numpy arrays shaped like `like`, on every process."""
   import orbax.checkpoint as ocp
-  abstract = jax.tree.map(lambda a: np.zeros(np.shape(a), jnp.asarray(a).dtype), like)
+  abstract = _numpy_like(like)
   checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
   return checkpointer.restore(pathlib.Path(path).absolute(), abstract)

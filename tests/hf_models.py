@@ -5,10 +5,12 @@ biases, constant layer scales) so a converter that drops or swaps one of them
 fails the parity tests.
 """
 import dataclasses
+import pathlib
 
 import numpy as np
 import torch
 import transformers as T
+from PIL import Image
 
 # name -> (model class, config factory, kwargs the ViT fields need at native size)
 _COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
@@ -100,6 +102,29 @@ def rel_err(ours, ref) -> float:
   return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
+IMAGE_CLASSES = ('red', 'green', 'blue')
+
+
+def image_folder(root: pathlib.Path, per_class: dict) -> None:
+  """Colour-coded classes with noise: learnable, but only through the backbone features."""
+  rng = np.random.default_rng(0)
+  for split, n in per_class.items():
+    for c, name in enumerate(IMAGE_CLASSES):
+      d = root / split / name
+      d.mkdir(parents=True)
+      for i in range(n):
+        img = rng.integers(0, 120, (40, 48, 3)).astype(np.uint8)
+        img[..., c] += 120
+        Image.fromarray(img).save(d / f'{i}.png')
+
+
+def tiny_pair(root: pathlib.Path, per_class: dict) -> None:
+  """The tiny models root/'a' (DINOv2 with registers) and root/'b' (SigLIP), and an image folder root/'data'."""
+  build('dinov2_registers', root / 'a')
+  build('siglip', root / 'b')
+  image_folder(root / 'data', per_class)
+
+
 RUN_CONFIG = '''
 from stitchjax import config_lib
 
@@ -119,8 +144,10 @@ def get_config():
 '''
 
 
-def write_run_config(path, root, *, methods: str, epochs: int, lrs: str, export: str) -> None:
-  """A config file for run.py over the tiny models root/'a' (DINOv2 with registers), root/'b' (SigLIP) and the
-  image folder root/'data', as subprocess tests start it."""
+def run_config(root: pathlib.Path, per_class: dict, *, methods: str, epochs: int, lrs: str, export: str) -> pathlib.Path:
+  """A config file for run.py over tiny_pair(root, per_class), as subprocess tests start it."""
+  tiny_pair(root, per_class)
+  path = root / 'cfg.py'
   path.write_text(RUN_CONFIG.format(data=str(root / 'data'), a=str(root / 'a'), b=str(root / 'b'), methods=methods,
                                     epochs=epochs, lrs=lrs, export=export))
+  return path

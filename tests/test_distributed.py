@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import hf_models as H
-from test_protocol import _image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,13 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='module')
 def config(tmp_path_factory):
-  root = tmp_path_factory.mktemp('distributed')
-  H.build('dinov2_registers', root / 'a')
-  H.build('siglip', root / 'b')
-  _image_folder(root / 'data', {'train': 8, 'test': 5})
-  path = root / 'cfg.py'
-  H.write_run_config(path, root, methods='lp,ffm,tlt', epochs=2, lrs='0.01,0.03', export='tlt')
-  return path
+  return H.run_config(tmp_path_factory.mktemp('distributed'), {'train': 8, 'test': 5}, methods='lp,ffm,tlt', epochs=2,
+                      lrs='0.01,0.03', export='tlt')
 
 
 def _free_port() -> int:

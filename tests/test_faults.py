@@ -235,12 +235,8 @@ def _run(config, workdir, kill_after=None):
 
 def test_killed_at_seeded_points_the_rerun_finishes_with_identical_results(tmp_path):
   import hf_models as H
-  from test_protocol import _image_folder
-  H.build('dinov2_registers', tmp_path / 'a')
-  H.build('siglip', tmp_path / 'b')
-  _image_folder(tmp_path / 'data', {'train': 8, 'test': 3})
-  config = tmp_path / 'cfg.py'
-  H.write_run_config(config, tmp_path, methods='lp,ffm_tlt', epochs=3, lrs='0.003,0.03', export='ffm_tlt')
+  config = H.run_config(tmp_path, {'train': 8, 'test': 3}, methods='lp,ffm_tlt', epochs=3, lrs='0.003,0.03',
+                        export='ffm_tlt')
   start = time.monotonic()
   assert _run(config, tmp_path / 'ref')[0]
   duration = time.monotonic() - start
@@ -261,9 +257,8 @@ def test_killed_at_seeded_points_the_rerun_finishes_with_identical_results(tmp_p
 def test_corrupt_images_are_named_or_skipped_and_counted(tmp_path, skip):
   import hf_models as H
   from stitchjax import config_lib, protocol
-  from test_protocol import _image_folder
   H.build('siglip', tmp_path / 'b')
-  _image_folder(tmp_path / 'data', {'train': 6, 'test': 2})
+  H.image_folder(tmp_path / 'data', {'train': 6, 'test': 2})
   bad = tmp_path / 'data' / 'test' / 'green' / '1.png'
   bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
   c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data'),
@@ -283,9 +278,8 @@ def test_corrupt_images_are_named_or_skipped_and_counted(tmp_path, skip):
 def test_config_errors_before_compute_name_the_field(tmp_path):
   import hf_models as H
   from stitchjax import config_lib, protocol
-  from test_protocol import _image_folder
   H.build('siglip', tmp_path / 'b')
-  _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
+  H.image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
   c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data'),
                                                         val_fraction=0.25),
                            backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
@@ -307,9 +301,8 @@ def test_config_errors_before_compute_name_the_field(tmp_path):
 def test_a_workdir_refuses_another_dataset(tmp_path):
   import hf_models as H
   from stitchjax import config_lib, protocol
-  from test_protocol import _image_folder
   H.build('siglip', tmp_path / 'b')
-  _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
+  H.image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
   c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data'),
                                                         val_fraction=0.25),
                            backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
@@ -330,9 +323,8 @@ def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
   import json
   import hf_models as H
   from stitchjax import config_lib, protocol
-  from test_protocol import _image_folder
   H.build('siglip', tmp_path / 'b')
-  _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
+  H.image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
   c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data')),
                            backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
   with pytest.raises(ValueError, match=r'the val split of config.data is empty \(data.val_fraction=0.1'):

@@ -95,9 +95,8 @@ except ImportError as e:
 
 
 def test_a_stitch_cell_runs_without_the_optional_packages(tmp_path):
-  from test_protocol import _image_folder
   H.build('siglip', tmp_path / 'a')
-  _image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
+  H.image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
   result = subprocess.run([sys.executable, '-c', BLOCKED, str(tmp_path / 'work'), str(tmp_path / 'data'),
                            str(tmp_path / 'a')], cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -7,34 +7,17 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import hf_models as H
 from stitchjax import config_lib, experiment, load_stitched, protocol, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CLASSES = ('red', 'green', 'blue')
-
-
-def _image_folder(root: pathlib.Path, per_class: dict) -> None:
-  """Colour-coded classes with noise: learnable, but only through the backbone features."""
-  rng = np.random.default_rng(0)
-  for split, n in per_class.items():
-    for c, name in enumerate(CLASSES):
-      d = root / split / name
-      d.mkdir(parents=True)
-      for i in range(n):
-        img = rng.integers(0, 120, (40, 48, 3)).astype(np.uint8)
-        img[..., c] += 120
-        Image.fromarray(img).save(d / f'{i}.png')
-
-
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp('protocol')
   H.build('dinov2_registers', root / 'dinov2')
   H.build('siglip', root / 'siglip')
-  _image_folder(root / 'data', {'train': 12, 'test': 4})
+  H.image_folder(root / 'data', {'train': 12, 'test': 4})
   c = config_lib.stitching(str(root / 'work'), dict(kind='image_folder', root=str(root / 'data'), val_fraction=0.25,
                                                     seed=0),
                            backbones={'dinov2': {'path': str(root / 'dinov2'), 'image_size': 42},
@@ -115,7 +98,7 @@ def test_export_reloads_and_reproduces_predictions(setup):
   work = pathlib.Path(config.workdir)
   cell = 'dinov2__siglip__L1__tlt__mlp'
   model = load_stitched(work / 'exports' / cell)
-  assert model.classes == sorted(CLASSES)  # image folders: sorted class names
+  assert model.classes == sorted(H.IMAGE_CLASSES)  # image folders: sorted class names
   from stitchjax import data as data_lib
   test = data_lib.load(config.data).splits['test']
   logits = model.logits([test.image(i) for i in range(len(test))])
