@@ -11,7 +11,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.'
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every file it touches at INFO; --verbosity=0 shows it
+    logging.set_verbosity(logging.WARNING)
   if _CONFIG.value.get('distributed'):  # one process per host or GPU node: stitchjax/distributed.py
     from stitchjax import distributed
     distributed.initialize(_CONFIG.value)

@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stitchjax import config_lib, experiment, tree, vit
-from stitchjax.backbone import load_backbone
+from stitchjax import backbone, config_lib, tree, vit
 
 SIZES = {'B': dict(depth=12, dim=768, heads=12, mlp_dim=3072, patch_size=16, image_size=224),
          'L': dict(depth=24, dim=1024, heads=16, mlp_dim=4096, patch_size=14, image_size=336)}
@@ -39,7 +38,7 @@ PAPER_POINTS = (6, 14, 22)  # of L_out = 23
 
 def random_backbone(family: str, size: str, image_size: int | None, dtype: str, seed: int):
   """The family's layout at this size, seeded random weights (this measures cost only)."""
-  cfg = vit.ViTConfig(**(experiment.INIT_LAYOUTS[family] | SIZES[size]
+  cfg = vit.ViTConfig(**(backbone.INIT_LAYOUTS[family] | SIZES[size]
                          | ({'image_size': image_size} if image_size else {}) | {'dtype': dtype}))
   rng = np.random.default_rng(seed)
   shapes = jax.eval_shape(functools.partial(vit.init_params, cfg), jax.random.key(0))  # flax's eager init is slow
@@ -50,7 +49,7 @@ def backbones(args) -> dict:
   if args.backbones == 'mini':
     # The trunk is siglip_mini, as in configs/vst.py.
     return {n: (bb.config, bb.params) for n in ('siglip_mini', 'dino_mini')
-            for bb in [load_backbone(config_lib.MINI_VFMS[n]['path'], dtype=jnp.dtype(args.dtype))]}
+            for bb in [backbone.load_backbone(config_lib.MINI_VFMS[n]['path'], dtype=jnp.dtype(args.dtype))]}
   return {f: random_backbone(f, args.backbones, args.image_size, args.dtype, i)
           for i, f in enumerate(FAMILIES[:args.k])}
 

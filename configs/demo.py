@@ -32,5 +32,6 @@ def get_config():
       'Setup: the mini-VFMs `dino_mini` (DINOv2 layout, trained without labels by DINO self-distillation) and '
       '`siglip_mini` (SigLIP layout, trained with a sigmoid loss against label embeddings) were pretrained by '
       'stitchjax on Fashion-MNIST classes 0-4. The task is classes 5-9 (sandal, shirt, sneaker, bag, ankle boot), '
-      'unseen in pretraining. Stitch layer: 2-layer MLP; stitch points: blocks 2, 4, 6 of 8.')
+      'unseen in pretraining. Stitch layer: 2-layer MLP; stitch points: blocks 2, 4, 6 of 8. These are mini models '
+      'trained by stitchjax, not DINOv2 or SigLIP: nothing here is a claim about the real VFMs.')
   return c

@@ -3,7 +3,8 @@
 One small module per source layout:
 - `hf`: transformers directories (DINOv2, DINOv2 with registers, DINOv3, CLIP, SigLIP, SigLIP2);
 - `torch_hub`: the original DINOv2 / DINOv3 torch-hub `.pth` files;
-- `big_vision`: big_vision SigLIP2 `.npz` files.
+- `big_vision`: big_vision SigLIP2 `.npz` files;
+- `hub`: repo ids ('facebook/dinov2-large') resolved in the local Hugging Face cache.
 
 `python -m convert SRC OUT [--image-size N]` writes an orbax checkpoint plus a JSON
 config that `stitchjax.load_backbone` reads. Nothing is ever fetched from a hub.
@@ -36,3 +37,19 @@ def load_checkpoint(source, heads: int | None = None) -> tuple[dict, str, dict, 
     return big_vision.load(path)
   raise CheckpointError(f'{path}: unknown checkpoint format; expected a transformers directory, '
                         'a stitchjax export, a torch-hub .pth or a big_vision .npz')
+
+
+def read_fields(source) -> dict:
+  """ViTConfig fields at native resolution from what a checkpoint says of itself, reading no weights: a
+  transformers config.json, or a big_vision .npz's array headers. A torch-hub .pth holds no config."""
+  path = pathlib.Path(source)
+  if path.is_dir() and (path / 'config.json').exists():
+    from convert import hf
+    config = hf.read_config(path)
+    return hf.vit_config(hf.architecture(config, path), config, path)[0]
+  if path.suffix == '.npz' and path.is_file():
+    from convert import big_vision
+    return big_vision.fields(path)
+  raise CheckpointError(f'{path}: no architecture to read without loading the weights (a torch-hub .pth stores '
+                        'none; it is read when the run loads it)' if path.exists() else
+                        f'{path}: no such file or directory')

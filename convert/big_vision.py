@@ -225,6 +225,13 @@ def _ignored(root: str, tower: str) -> tuple[str, ...]:
   return ignore
 
 
+def fields(path) -> dict:
+  """ViTConfig fields at native resolution from the archive's array headers alone (no weights read)."""
+  with _open(path) as npz:
+    archive = Archive(npz, path)
+    return vit_fields(common.Reader(path, archive), archive.shapes, _prefixes(archive.shapes)[1])[0]
+
+
 def load(path) -> tuple[dict, str, dict, None]:
   """-> (ViTConfig fields at native resolution, 'zoom', params, None: a .npz carries no preprocessor config)."""
   npz = _open(path)

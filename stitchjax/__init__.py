@@ -6,10 +6,11 @@ from stitchjax.backbone import Backbone, load_backbone, save_backbone
 from stitchjax.vit import ViTConfig
 
 
-def load_stitched(directory):
-  """A stitched classifier exported by the stitch job; see stitchjax/export.py."""
+def load_stitched(directory, source=None, target=None):
+  """A stitched model exported by the stitch job, its backbones found where the export says or at
+  `source` / `target`; see stitchjax/export.py."""
   from stitchjax import export
-  return export.load_stitched(directory)
+  return export.load_stitched(directory, source, target)
 
 
 __all__ = ['Backbone', 'ViTConfig', 'load_backbone', 'load_stitched', 'save_backbone']

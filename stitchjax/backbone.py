@@ -6,8 +6,9 @@
     tokens = bb.blocks(bb.params, tokens, 0, 14)       # == HF hidden_states[14]
     pooled = bb.pool(bb.params, bb.final(bb.params, bb.blocks(bb.params, tokens, 14, 24)))
 
-`source` is a transformers directory, a torch-hub `.pth`, a big_vision `.npz`, or
-a directory written by `save_backbone` / `python -m convert`.
+`source` is a transformers directory, a torch-hub `.pth`, a big_vision `.npz`, a
+directory written by `save_backbone` / `python -m convert`, or a Hugging Face repo id
+held in the local Hugging Face cache ('facebook/dinov2-large', convert/hub.py).
 """
 import dataclasses
 import functools
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convert import common, load_checkpoint, resample
+from convert import common, hub, load_checkpoint, read_fields, resample
 from convert.common import CheckpointError
 from stitchjax import atomic
 from stitchjax import preprocess as preprocess_lib
@@ -63,6 +64,27 @@ class Backbone:
     return tokens, (None if self.config.pool == 'none' else self.pool(params, tokens))
 
 
+# Small seeded-random layouts for 'init:<family>' paths: plumbing checks, never presented as VFMs.
+INIT_LAYOUTS = {
+    'dinov2': dict(family='dinov2', depth=8, dim=96, heads=3, mlp_dim=384, patch_size=14, layer_scale=True),
+    'dinov3': dict(family='dinov3', depth=8, dim=96, heads=3, mlp_dim=256, patch_size=16, layer_scale=True,
+                   num_registers=4, pos_embed='rope', qkv_bias=(True, False, True), mlp='gated', act='silu',
+                   norm_eps=1e-5),
+    'clip': dict(family='clip', depth=8, dim=96, heads=3, mlp_dim=384, patch_size=14, pre_norm=True,
+                 patch_bias=False, act='quick_gelu', norm_eps=1e-5),
+    'siglip': dict(family='siglip', depth=8, dim=96, heads=3, mlp_dim=384, patch_size=16, cls_token=False,
+                   pool='map', act='gelu_tanh'),
+}
+
+
+def init_layout(name: str, path: str, image_size: int | None) -> vit.ViTConfig:
+  """The architecture of backbones.<name>.path = 'init:<family>' (weights: vit.init_params with the run's seed)."""
+  family = path.removeprefix('init:')
+  if family not in INIT_LAYOUTS:
+    raise ValueError(f'backbones.{name}.path={path!r}: unknown layout; expected init:{{{",".join(INIT_LAYOUTS)}}}')
+  return vit.ViTConfig(**INIT_LAYOUTS[family], image_size=image_size or 224)
+
+
 def _dtype_name(dtype) -> str:
   name = jnp.dtype(dtype).name
   if name not in vit.DTYPES:
@@ -95,7 +117,7 @@ def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, head
   heads: attention heads, only for torch-hub DINOv2 files of a non-standard width
     (the files do not store it).
   """
-  path = pathlib.Path(source)
+  path = hub.resolve(source)
   if path.is_dir() and (path / EXPORT_CONFIG).exists():
     fields, method, params, processor = _read_export(path)
   else:
@@ -119,8 +141,19 @@ def save_backbone(bb: Backbone, out, overwrite: bool = False) -> None:
     (tmp / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
 
 
-def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:
-  import orbax.checkpoint as ocp
+def describe(source, image_size: int | None = None) -> vit.ViTConfig:
+  """A checkpoint's architecture at `image_size` (default: its own) from its config alone, reading no
+  weights: what the plan job checks a run against. A torch-hub .pth stores no config (CheckpointError)."""
+  path = hub.resolve(source)
+  if path.is_dir() and (path / EXPORT_CONFIG).exists():
+    fields = _export_meta(path)[0].to_dict()
+  else:
+    fields = read_fields(path)
+  return vit.ViTConfig(**(fields | ({'image_size': image_size} if image_size else {})))
+
+
+def _export_meta(path: pathlib.Path) -> tuple[vit.ViTConfig, str, dict | None]:
+  """(config, position resampling, processor config) from an export's stitchjax.json."""
   meta_path = path / EXPORT_CONFIG
   try:
     meta = json.loads(meta_path.read_text())
@@ -130,9 +163,15 @@ def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:
   if meta.get('format_version') != FORMAT_VERSION:
     raise CheckpointError(f'{meta_path}: format_version {meta.get("format_version")!r}, expected {FORMAT_VERSION}')
   try:
-    cfg = vit.ViTConfig.from_dict(fields)
+    return vit.ViTConfig.from_dict(fields), method, processor
   except (TypeError, ValueError) as e:
     raise CheckpointError(f'{meta_path}: bad config: {e}') from e
+
+
+def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:
+  import orbax.checkpoint as ocp
+  cfg, method, processor = _export_meta(path)
+  fields = cfg.to_dict()
   try:
     params = ocp.PyTreeCheckpointer().restore((path / EXPORT_PARAMS).absolute())
   except Exception as e:

@@ -14,8 +14,10 @@ Fields (all overridable: `--config.layers=14,22 --config.backbones.dinov2.path=/
 - task: 'classification' (a linear head on pooled features) or 'segmentation' (a linear decoder on
   the final patch tokens, scored by mIoU; needs a segmentation data kind and label_size, the
   evaluation resolution; see stitchjax/segmentation.py);
-- export: the methods whose trained stitched classifiers are exported for load_stitched;
-- analysis_only: skip training and only rewrite the Figures 2-6 / Table 12 analyses of the workdir.
+- export: the methods whose trained stitched models (classifiers, or segmenters with their decoder) are
+  exported for load_stitched;
+- analysis_only: skip training and only rewrite the Figures 2-6 / Table 12 analyses of the workdir;
+- report_context: a paragraph on the setup that opens report.md (stitchjax/report.py).
 """
 import pathlib
 
@@ -64,8 +66,9 @@ def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES, task:
   c.eval_batch_size = 0  # validation and test passes (no gradients); 0: train.batch_size.default
   c.cache_dir = ''  # default: <workdir>/cache
   c.compilation_cache_dir = ''  # XLA's persistent cache; default: JAX's own if set, else <cache_dir>/xla; 'none': off
-  c.export = 'ffm_tlt' if task == 'classification' else ''  # segmentation models are not exported
+  c.export = 'ffm_tlt'
   c.analysis_only = False  # True: train nothing, rewrite the analyses (stitchjax/analysis.py) from the workdir
+  c.report_context = ''
   # True: one process per host or GPU node (stitchjax/distributed.py). Under srun and on TPU VMs JAX finds
   # its peers itself; elsewhere set the coordinator's host:port, the process count and this process's id.
   c.distributed = False

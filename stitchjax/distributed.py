@@ -17,6 +17,7 @@ With one process every function here is the identity or free.
 """
 import pathlib
 import secrets
+import sys
 
 import jax
 import numpy as np
@@ -102,6 +103,12 @@ def to_host(tree):
   return jax.tree.map(one, tree)
 
 
+def interactive() -> bool:
+  """Whether stderr is a terminal. Elsewhere (a SLURM log, a pipe) bars would be carriage-return noise,
+  so they are off and stitchjax.metrics prints timestamped lines instead."""
+  return sys.stderr.isatty()
+
+
 def progress(*args, **kwargs):
-  """A tqdm bar shown by process 0 only, so that N processes don't print N bars."""
-  return tqdm(*args, disable=not is_main(), **kwargs)
+  """A tqdm bar shown by process 0 only, so that N processes don't print N bars, and on a terminal only."""
+  return tqdm(*args, disable=not (is_main() and interactive()), **kwargs)

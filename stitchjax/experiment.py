@@ -2,7 +2,8 @@
 
 `stitch`: the paper's stitching protocol (stitchjax/protocol.py), then tables, plots and the
 analyses (stitchjax/analysis.py); `analysis_only=True` skips to the analyses.
-`plan`: validate a stitching config and list its cells without computing anything.
+`plan`: check a stitching config against the backbones' configs and the workdir, and cost it, without
+computing anything (stitchjax/plan.py).
 `pretrain`: train the mini-VFMs of the demo and write their exports (stitchjax/pretrain.py).
 
 `backbones`: load every configured backbone, export it to orbax, reload the export,
@@ -19,20 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from stitchjax import atomic, backbone, preprocess, pretrain, tree, vit
-
-# Small seeded-random layouts for 'init:<family>' paths: plumbing checks, never presented as VFMs.
-INIT_LAYOUTS = {
-    'dinov2': dict(family='dinov2', depth=8, dim=96, heads=3, mlp_dim=384, patch_size=14, layer_scale=True),
-    'dinov3': dict(family='dinov3', depth=8, dim=96, heads=3, mlp_dim=256, patch_size=16, layer_scale=True,
-                   num_registers=4, pos_embed='rope', qkv_bias=(True, False, True), mlp='gated', act='silu',
-                   norm_eps=1e-5),
-    'clip': dict(family='clip', depth=8, dim=96, heads=3, mlp_dim=384, patch_size=14, pre_norm=True,
-                 patch_bias=False, act='quick_gelu', norm_eps=1e-5),
-    'siglip': dict(family='siglip', depth=8, dim=96, heads=3, mlp_dim=384, patch_size=16, cls_token=False,
-                   pool='map', act='gelu_tanh'),
-}
-
+from stitchjax import atomic, backbone, plan, preprocess, pretrain, tree, vit
 
 def stitch_job(config):
   """The paper's protocol over every cell of the config (stitchjax/protocol.py), then its analyses
@@ -48,18 +36,8 @@ def stitch_job(config):
   print(analysis.write(config.workdir))
 
 
-def plan_job(config):
-  """Validates a stitching config and lists its cells, without loading anything: what `stitch` would run."""
-  from stitchjax import protocol
-  protocol.validate(config)
-  cells = protocol.expand(config)
-  for cell in cells:
-    print(cell.id)
-  print(f'{len(cells)} cells x {len(protocol.as_list(config.train.lrs))} learning rates')
-
-
 def run(config):
-  jobs = {'backbones': backbones_job, 'stitch': stitch_job, 'plan': plan_job, 'pretrain': pretrain.run,
+  jobs = {'backbones': backbones_job, 'stitch': stitch_job, 'plan': plan.run, 'pretrain': pretrain.run,
           'vst': tree.run}
   if config.job not in jobs:
     raise ValueError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
@@ -71,12 +49,8 @@ def load(name: str, spec, seed: int) -> backbone.Backbone:
   path = str(spec.path)
   if not path.startswith('init:'):
     return backbone.load_backbone(path, image_size=spec.get('image_size'))
-  family = path[5:]
-  if family not in INIT_LAYOUTS:
-    raise ValueError(f'backbones.{name}.path={path!r}: unknown layout; expected init:{{{",".join(INIT_LAYOUTS)}}}')
-  cfg = vit.ViTConfig(**INIT_LAYOUTS[family], image_size=spec.get('image_size') or 224)
-  params = vit.init_params(cfg, jax.random.key(seed))
-  return backbone.Backbone(cfg, params, preprocess.for_family(family, cfg.image_size))
+  cfg = backbone.init_layout(name, path, spec.get('image_size'))
+  return backbone.Backbone(cfg, vit.init_params(cfg, jax.random.key(seed)), preprocess.for_family(cfg.family, cfg.image_size))
 
 
 def _inspect(bb: backbone.Backbone, images: np.ndarray, batch_size: int) -> dict:

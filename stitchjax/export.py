@@ -1,16 +1,23 @@
-"""Exported stitched classifiers: `load_stitched(dir)` -> a model that classifies uint8 images.
+"""Exported stitched models: `load_stitched(dir)` -> a classifier or a segmenter of uint8 images.
 
-An export holds the stitch and head parameters (orbax) and `stitched.json`: the
-stitch spec, the class names, and where the two frozen backbones load from,
-with a digest of their parameters. The backbones are not copied (a ViT-L pair is
-2.4 GB); loading checks that the checkpoints found are the ones trained against.
+An export holds the trained parameters (stitch, and head or segmentation decoder; orbax) and
+`stitched.json`: the stitch spec, the task, the class names, and where the two frozen
+backbones load from, with a digest of their parameters. The backbones are not copied (a
+ViT-L pair is 2.4 GB); loading checks that the checkpoints found are the ones trained against.
 
     model = stitchjax.load_stitched('workdir/exports/dinov2__siglip2__L14__ffm_tlt__mlp')
-    logits = model.logits(uint8_images)       # (B, num_classes)
-    labels = [model.classes[i] for i in logits.argmax(-1)]
+    logits = model.logits(uint8_images)       # (B, classes); segmentation: (B, L, L, classes)
+    labels = [model.classes[i] for i in model.predict(uint8_images)]
+
+Moved to another machine, an export finds its backbones at the path relative to itself (kept
+when the checkpoint shared a parent directory with the workdir), then at the path the run was
+given (a Hugging Face repo id resolves in the local cache), or wherever you say:
+
+    model = stitchjax.load_stitched(export, source='/data/ckpt/dinov2-large', target='google/siglip2-large-patch16-384')
 """
 import dataclasses
 import json
+import os
 import pathlib
 
 import jax
@@ -19,64 +26,111 @@ import numpy as np
 
 from stitchjax import atomic
 from stitchjax import backbone as backbone_lib
-from stitchjax import features, objectives, train
+from stitchjax import features, objectives, segmentation, train, vit
 from stitchjax import stitch as stitch_lib
 from convert.common import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added task, label_size and relative backbone paths; version 1 exports still load
+READABLE = (1, 2)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StitchedClassifier:
+class StitchedModel:
   source: backbone_lib.Backbone
   target: backbone_lib.Backbone
   spec: stitch_lib.StitchSpec
-  params: dict  # {'stitch': ..., 'head': ...}
+  params: dict  # {'stitch': ..., 'head': ...}; segmentation: 'head' is the linear decoder
   classes: list
+  task: str = 'classification'
+  label_size: int | None = None  # segmentation: the side of the predicted label map
 
   def logits(self, images) -> np.ndarray:
-    """uint8 images (B,H,W,3) or a list of (H,W,3) -> logits (B, num_classes). The source sees the pixels."""
+    """uint8 images (B,H,W,3) or a list of (H,W,3) -> logits (B, classes), or for segmentation per-pixel
+    logits (B, label_size, label_size, classes). The source backbone sees the pixels."""
     x = self.source.preprocess(images)
-    return np.asarray(_logits(self.spec, self.params, self.source.params, self.target.params, x))
+    return np.asarray(_logits(self.spec, self.task, self.label_size, self.params, self.source.params,
+                              self.target.params, x))
+
+  def predict(self, images) -> np.ndarray:
+    """Class indices into `classes`: (B,), or label maps (B, label_size, label_size)."""
+    return self.logits(images).argmax(-1)
 
 
-def _forward(spec: stitch_lib.StitchSpec, params, source_params, target_params, x):
-  from stitchjax import vit
+def _forward(spec: stitch_lib.StitchSpec, task: str, label_size, params, source_params, target_params, x):
   tokens = vit.blocks(spec.source, source_params, vit.embed(spec.source, source_params, x), 0, spec.layer)
-  model = objectives.Stitched(spec, spec.target)
+  model = objectives.Stitched(spec, spec.target, task)
   frozen = {'target': target_params, 'block': stitch_lib.frozen_block(spec, source_params)}
+  if task == 'segmentation':
+    patches = model.final(params, frozen, tokens)[:, spec.target.num_prefix_tokens:]
+    return segmentation.decode(params['head'], patches, label_size)
   return objectives.head_apply(params['head'], model.pooled(params, frozen, tokens))
 
 
-_logits = jax.jit(_forward, static_argnums=0)
+_logits = jax.jit(_forward, static_argnums=(0, 1, 2))
 
 
-def save_stitched(out, spec: stitch_lib.StitchSpec, params: dict, classes: list, sources: dict) -> None:
+def backbone_location(path, out) -> dict:
+  """Where an export finds a backbone: the configured path (absolute; a repo id as given) and, when the
+  checkpoint and the export share a directory below the root, the path relative to the export."""
+  local = pathlib.Path(path)
+  if not local.exists():
+    return {'path': str(path)}
+  local, out = local.absolute(), pathlib.Path(out).absolute()
+  shared = os.path.commonpath([local, out])
+  where = {'path': str(local)}
+  if shared != local.anchor:
+    where['relative'] = os.path.relpath(local, out)
+  return where
+
+
+def save_stitched(out, spec: stitch_lib.StitchSpec, params: dict, classes: list, sources: dict,
+                  task: str = 'classification', label_size: int | None = None) -> None:
   """sources: {'source': {'path', 'image_size', 'digest'}, 'target': {...}}; written atomically."""
+  out = pathlib.Path(out)
+  backbones = {role: info | backbone_location(info['path'], out) for role, info in sources.items()}
   with atomic.directory(out) as tmp:
     train.save_tree(tmp / 'params', params)
     meta = {'format_version': FORMAT_VERSION, 'kind': spec.kind, 'layer': spec.layer, 'lora_rank': spec.lora_rank,
-            'dtype': spec.dtype, 'classes': list(classes), 'backbones': sources}
+            'dtype': spec.dtype, 'task': task, 'label_size': label_size, 'classes': list(classes),
+            'backbones': backbones}
     (tmp / 'stitched.json').write_text(json.dumps(meta, indent=2))
 
 
-def load_stitched(directory) -> StitchedClassifier:
+def _load_backbone(directory: pathlib.Path, role: str, info: dict, given, dtype) -> backbone_lib.Backbone:
+  if given is not None:
+    location = given
+  elif 'relative' in info and (directory / info['relative']).exists():
+    location = directory / info['relative']
+  else:
+    location = info['path']
+  try:
+    bb = backbone_lib.load_backbone(location, image_size=info['image_size'], dtype=dtype)
+  except CheckpointError as e:
+    hint = '' if given is not None else f"; if it moved, say where: load_stitched(..., {role}='<path or repo id>')"
+    raise CheckpointError(f'{directory / "stitched.json"}: the {role} backbone: {e}{hint}') from e
+  if features.params_digest(bb.params) != info['digest']:
+    raise CheckpointError(f'{directory / "stitched.json"}: the {role} backbone at {location} is not the checkpoint '
+                          'this stitch was trained against (parameter digest differs)')
+  return bb
+
+
+def load_stitched(directory, source=None, target=None) -> StitchedModel:
+  """An exported stitched model. source, target: where the backbones are now (anything load_backbone accepts),
+  when not where the export recorded them; their parameter digests are checked either way."""
   directory = pathlib.Path(directory)
   meta_path = directory / 'stitched.json'
   try:
     meta = json.loads(meta_path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f'{meta_path}: not a stitchjax stitched-model export ({e})') from e
-  if meta.get('format_version') != FORMAT_VERSION:
-    raise CheckpointError(f'{meta_path}: format_version {meta.get("format_version")!r}, expected {FORMAT_VERSION}')
-  bbs = {}
-  for role in ('source', 'target'):
-    info = meta['backbones'][role]
-    bb = backbone_lib.load_backbone(info['path'], image_size=info['image_size'], dtype=jnp.dtype(meta['dtype']))
-    if features.params_digest(bb.params) != info['digest']:
-      raise CheckpointError(f'{meta_path}: the {role} backbone at {info["path"]} is not the checkpoint this stitch '
-                            'was trained against (parameter digest differs)')
-    bbs[role] = bb
+  if meta.get('format_version') not in READABLE:
+    raise CheckpointError(f'{meta_path}: format_version {meta.get("format_version")!r}, expected one of {READABLE}')
+  task, label_size = meta.get('task', 'classification'), meta.get('label_size')
+  dtype = jnp.dtype(meta['dtype'])
+  bbs = {role: _load_backbone(directory, role, meta['backbones'][role], given, dtype)
+         for role, given in (('source', source), ('target', target))}
+  if task == 'segmentation':  # the run's square resize of whole images (segmentation.dense)
+    bbs['source'] = segmentation.dense(bbs['source'])
   spec = stitch_lib.StitchSpec(meta['kind'], bbs['source'].config, bbs['target'].config, meta['layer'],
                                lora_rank=meta['lora_rank'], dtype=meta['dtype'])
   like = {'stitch': stitch_lib.init(spec, jax.random.key(0), stitch_lib.frozen_block(spec, bbs['source'].params)),
@@ -85,4 +139,4 @@ def load_stitched(directory) -> StitchedClassifier:
     params = train.load_tree(directory / 'params', like)
   except Exception as e:
     raise CheckpointError(f'{directory / "params"}: cannot restore the stitch parameters ({e})') from e
-  return StitchedClassifier(bbs['source'], bbs['target'], spec, params, meta['classes'])
+  return StitchedModel(bbs['source'], bbs['target'], spec, params, meta['classes'], task, label_size)

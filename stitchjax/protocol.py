@@ -28,6 +28,7 @@ import dataclasses
 import io
 import json
 import pathlib
+import sys
 import warnings
 
 import jax
@@ -36,7 +37,7 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
 from stitchjax import data as data_lib
-from stitchjax import atomic, distributed, export, features, objectives, segmentation, train
+from stitchjax import atomic, distributed, export, features, metrics, objectives, segmentation, train, vit
 from stitchjax import stitch as stitch_lib
 from stitchjax.backbone import load_backbone
 
@@ -68,6 +69,23 @@ def as_list(value) -> list:
   return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def typed_list(config, field: str, kind: type) -> list:
+  """A list-valued config field ('2,6' or [2, 6]) as `kind` values; a bad entry is named with its field."""
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  out = []
+  for entry in as_list(value):
+    try:
+      out.append(kind(entry))
+      if out[-1] != float(entry):  # int(2.5) would pass as 2
+        raise ValueError
+    except (TypeError, ValueError):
+      raise ValueError(f'config.{field}: entry {entry!r} is not {"an integer" if kind is int else "a number"} '
+                       f'(in {value!r})') from None
+  return out
+
+
 def pairs(config) -> list[tuple[str, str]]:
   out = []
   for p in as_list(config.pairs):
@@ -93,7 +111,7 @@ def expand(config) -> list[Cell]:
 
 
 def validate(config, backbones: dict | None = None) -> None:
-  """Config errors before any compute, each naming its field."""
+  """Config errors before any compute, each naming its field. backbones: name -> Backbone or ViTConfig."""
   methods = as_list(config.methods)
   for m in methods:
     if m not in METHODS:
@@ -116,16 +134,14 @@ def validate(config, backbones: dict | None = None) -> None:
     size = config.get('label_size')
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
       raise ValueError(f'config.label_size={size!r} must be a positive int (the evaluation resolution)')
-    if as_list(config.export):
-      raise ValueError(f'config.export={config.export!r}: segmentation stitched models are not exported; '
-                       "set --config.export=''")
   t = config.train
   for field in ('epochs', 'patience'):
     if not t[field] > 0:
       raise ValueError(f'config.train.{field}={t[field]} must be positive')
-  for lr in as_list(t.lrs):
-    if not float(lr) > 0:
-      raise ValueError(f'config.train.lrs: learning rate {lr} must be positive')
+  layers = typed_list(config, 'layers', int)
+  for lr in typed_list(config, 'train.lrs', float):
+    if not lr > 0:
+      raise ValueError(f'config.train.lrs: learning rate {lr:g} must be positive')
   for method, size in t.batch_size.items():
     if not size > 0:
       raise ValueError(f'config.train.batch_size.{method}={size} must be positive')
@@ -135,10 +151,11 @@ def validate(config, backbones: dict | None = None) -> None:
   if size and (size < 0 or size % jax.device_count()):
     raise ValueError(f'config.eval_batch_size={size} must be positive and divisible by the {jax.device_count()} '
                      'devices (0: the training batch size)')
-  for layer in as_list(config.layers):
+  for layer in layers:
     for name, bb in (backbones or {}).items():
-      if not 1 <= int(layer) <= bb.config.depth - 1:
-        raise ValueError(f'config.layers: layer {layer} is outside 1..{bb.config.depth - 1} for backbone {name!r}')
+      depth = bb.depth if isinstance(bb, vit.ViTConfig) else bb.config.depth
+      if not 1 <= layer <= depth - 1:
+        raise ValueError(f'config.layers: layer {layer} is outside 1..{depth - 1} for backbone {name!r}')
 
 
 def standardised(feats: dict) -> dict:
@@ -203,6 +220,7 @@ class Runner:
       self.backbones = {name: segmentation.dense(bb) for name, bb in self.backbones.items()}
     validate(config, self.backbones)
     self.cache = features.Cache(config.get('cache_dir') or self.workdir / 'cache')
+    self.log = metrics.Log(self.workdir)
     self.num_classes = len(self.data.classes)
     self._check_workdir()
 
@@ -298,7 +316,8 @@ class Runner:
                                   weight_decay=float(t.weight_decay), seed=int(self.config.seed),
                                   checkpoint_every_s=float(t.get('checkpoint_every_s', 0.0)))
         params, history = train.fit(loss_fn, score_fn, init, frozen, train_arrays, val_arrays, schedule,
-                                    d / 'ckpt', desc=f'{unit} lr={lr:g}', placement=self.placement)
+                                    d / 'ckpt', desc=f'{unit} lr={lr:g}', placement=self.placement, log=self.log)
+        metrics.say(f'{unit} lr={lr:g}: done after {history["epochs"]} epochs, best val {history["best_val_score"]:.4g}')
         train.save_tree(d / 'params', params)
         _write_json(d / 'done.json', {'lr': lr, 'val_score': history['best_val_score'], 'history': history})
         trained[lr], done[lr] = params, history['best_val_score']
@@ -438,10 +457,11 @@ class Runner:
     sources = {}
     for role, name in (('source', cell.source), ('target', cell.target)):
       bb_spec = self.config.backbones[name]
-      sources[role] = {'path': str(pathlib.Path(bb_spec.path).absolute()), 'image_size': bb_spec.get('image_size'),
+      sources[role] = {'path': str(bb_spec.path), 'image_size': bb_spec.get('image_size'),
                        'digest': self.cache.backbone_digest(self.backbones[name])}
     if distributed.is_main():
-      export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources)
+      export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources, self.task,
+                           int(self.config.label_size) if self.task == 'segmentation' else None)
 
   def _save_predictions(self, cell: Cell, pred: dict) -> None:
     """Per-example test predictions, for the prediction analyses of appendix B; segmentation: the
@@ -473,9 +493,11 @@ def run(config) -> list[dict]:
         runner.feats(name, split)
     records = [{'source': None, 'target': None, 'layer': None, 'method': None, 'stitch_layer': None, 'split': name,
                 'metric': 'skipped_images', 'value': float(n)} for name, n in runner.skipped.items()]
-    for cell in distributed.progress(expand(config), desc='cells', unit='cell'):
+    cells = expand(config)
+    for i, cell in enumerate(distributed.progress(cells, desc='cells', unit='cell')):
       records += runner.run(cell)
       write_results(runner.workdir, records)
+      metrics.say(f'cell {i + 1}/{len(cells)} {cell.id}: done')
     write_results(runner.workdir, records)
   return records
 
@@ -484,6 +506,7 @@ def run(config) -> list[dict]:
 def session(config):
   """What a job holds while it runs: the workdir lock and the persistent compilation cache."""
   with _lock(config.workdir), compilation_cache(config):
+    metrics.record_run(config.workdir, config, sys.argv)
     yield
 
 

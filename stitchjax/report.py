@@ -137,8 +137,8 @@ def plot(records, path: pathlib.Path, stitch_layer: str) -> None:
 
 
 def write(workdir, context: str | None = None) -> str:
-  """Writes tables.md, accuracy_<stitch layer>.png and, given a context paragraph, report.md from
-  workdir/results.json; returns the one-screen summary."""
+  """Writes tables.md, accuracy_<stitch layer>.png and report.md (opening with `context`, a paragraph on
+  the setup, when given) from workdir/results.json; returns the one-screen summary."""
   workdir = pathlib.Path(workdir)
   records = json.loads((workdir / 'results.json').read_text())
   kinds = list(dict.fromkeys(r['stitch_layer'] for r in records if r['stitch_layer']))
@@ -149,7 +149,7 @@ def write(workdir, context: str | None = None) -> str:
   if not kinds:
     parts.append(table2(records, 'none'))
   atomic.write_text(workdir / 'tables.md', '\n'.join(parts))
-  if context is not None and kinds:
+  if kinds:
     atomic.write_text(workdir / 'report.md', findings(records, kinds[0], context))
   return '\n'.join(summary_table(records, kind) for kind in kinds) or parts[0]
 
@@ -173,19 +173,28 @@ def _se(p: float, n: int) -> float:
   return (p * (1 - p) / max(n, 1)) ** 0.5
 
 
-def findings(records, stitch_layer: str, context: str) -> str:
-  """report.md: what the numbers show, each claim with its count of layers, and what they do not show."""
+def findings(records, stitch_layer: str, context: str | None = None) -> str:
+  """report.md: what the run's numbers show, each claim counted over the layers measured, with standard
+  errors where the metric has them (accuracy: binomial over the n test examples; mIoU pools pixels over
+  the split and has none here), and what they do not show."""
   layers = _layers(records)
-  n = max((r.get('n', 0) for r in records if r['metric'] == 'accuracy' and r['split'] == 'test'), default=0)
-  acc = {m: _test_acc(records, method=m, stitch_layer=stitch_layer) for m in ('lfm', 'ffm', 'tlt', 'ffm_tlt')}
-  lp = {s: v for (s, _, _), v in _test_acc(records, method='lp').items()}
+  metric = _metric(records)
+  n = max((r.get('n', 0) for r in records if r['metric'] == metric and r['split'] == 'test'), default=0)
+  se = (lambda p: _se(p, n)) if metric == 'accuracy' else (lambda p: 0.0)
+  acc = {m: _scores(records, method=m, stitch_layer=stitch_layer) for m in ('lfm', 'ffm', 'tlt', 'ffm_tlt')}
+  lp = {s: v for (s, _, _), v in _scores(records, method='lp').items()}
   dist = {(r['method'], r['metric'], r['source'], r['target'], r['layer']): r['value'] for r in records
           if r['metric'] in ('layer_distance', 'final_distance') and r['stitch_layer'] == stitch_layer}
   cross = [p for p in _routes(records) if p[0] != p[1]]
-  lines = ['# What the demo shows', '', context, '',
-           f'Test accuracies are over n = {n} images; one standard error is about {100 * _se(0.8, n):.1f} points '
-           'at 80% accuracy. A difference under two standard errors is not distinguishable from noise here.', '',
-           '## Findings', '']
+  margin = 'by more than two standard errors' if metric == 'accuracy' else '(mIoU: no standard error)'
+  lines = ['# What the run shows', '']
+  if context:
+    lines += [context, '']
+  lines += [f'Test {METRIC_NAMES[metric]} over n = {n} test examples, stitch layer `{stitch_layer}`, stitch points '
+            f'{", ".join(f"L{l}" for l in layers)}.' + (
+                f' One standard error is about {100 * _se(0.8, n):.1f} points at 80% accuracy; a difference under two '
+                'standard errors is not distinguishable from noise.' if metric == 'accuracy' else ''), '',
+            '## Findings', '']
 
   def count(pred, keys):
     hits = [k for k in keys if pred(k)]
@@ -196,32 +205,39 @@ def findings(records, stitch_layer: str, context: str) -> str:
     if keys:
       def beats(l):
         v = acc['ffm_tlt'][(s, t, l)]
-        return all(v - acc['ffm_tlt'][(a, a, l)] > 2 * _se(v, n) for a in (s, t))
+        return all(v - acc['ffm_tlt'][(a, a, l)] > 2 * se(v) for a in (s, t))
       c, hits = count(beats, keys)
-      lines.append(f'- **Stitched vs self-stitched ({s}{PAIR_ARROW}{t}, FFM→TLT):** beats both self-stitches by more '
-                   f'than two standard errors at {c} layers{" (L" + ", L".join(map(str, hits)) + ")" if hits else ""}.')
+      lines.append(f'- **Stitched vs self-stitched ({s}{PAIR_ARROW}{t}, FFM→TLT):** beats both self-stitches {margin} '
+                   f'at {c} layers{" (L" + ", L".join(map(str, hits)) + ")" if hits else ""}.')
     keys = [l for l in layers if ('ffm', 'final_distance', s, t, l) in dist and ('lfm', 'final_distance', s, t, l) in dist]
     if keys:
       c, _ = count(lambda l: dist[('ffm', 'final_distance', s, t, l)] < dist[('lfm', 'final_distance', s, t, l)], keys)
       lines.append(f'- **FFM vs LFM ({s}{PAIR_ARROW}{t}):** FFM reaches the smaller final-feature distance at {c} '
                    f'layers (at L{keys[0]}: {dist[("ffm", "final_distance", s, t, keys[0])]:.3g} vs '
                    f'{dist[("lfm", "final_distance", s, t, keys[0])]:.3g}).')
+      c, _ = count(lambda l: dist[('lfm', 'layer_distance', s, t, l)] < dist[('ffm', 'layer_distance', s, t, l)],
+                   [l for l in keys if ('lfm', 'layer_distance', s, t, l) in dist and ('ffm', 'layer_distance', s, t, l) in dist])
+      lines.append(f'  LFM reaches the smaller distance at the stitch point at {c} layers.')
       keys = [l for l in keys if (s, t, l) in acc['ffm'] and (s, t, l) in acc['lfm']]
       c, _ = count(lambda l: acc['ffm'][(s, t, l)] > acc['lfm'][(s, t, l)], keys)
-      lines.append(f'  Its linear probe is the more accurate at {c} layers.')
+      lines.append(f'  Its probe is the more accurate at {c} layers.' if metric == 'accuracy' else
+                   f'  Its decoder scores the higher mIoU at {c} layers.')
     keys = [l for l in layers if (s, t, l) in acc['tlt'] and (s, t, l) in acc['ffm_tlt']]
     if keys:
       diffs = {l: acc['ffm_tlt'][(s, t, l)] - acc['tlt'][(s, t, l)] for l in keys}
       c, _ = count(lambda l: diffs[l] > 0, keys)
       lines.append(f'- **FFM initialisation for TLT ({s}{PAIR_ARROW}{t}):** FFM→TLT is ahead of TLT from a random stitch '
                    f'at {c} layers; at the shallowest, L{keys[0]}, by {100 * diffs[keys[0]]:+.1f} points.')
-    best = max((v for (a, b, _), v in acc['ffm_tlt'].items() if (a, b) == (s, t)), default=None)
+    best = max(((v, l) for (a, b, l), v in acc['ffm_tlt'].items() if (a, b) == (s, t)), default=None)
     if best is not None and s in lp and t in lp:
-      lines.append(f'- **Against linear probes ({s}{PAIR_ARROW}{t}):** the best stitched model reaches {_pct(best)}% '
-                   f'against {_pct(lp[s])}% ({s}) and {_pct(lp[t])}% ({t}).')
+      above = [b for b in (s, t) if best[0] - lp[b] > 2 * se(best[0])]
+      lines.append(f'- **Against linear probes ({s}{PAIR_ARROW}{t}):** the best stitched model (L{best[1]}) reaches '
+                   f'{_pct(best[0])}% against {_pct(lp[s])}% ({s}) and {_pct(lp[t])}% ({t}); above '
+                   f'{" and ".join(above) if above else "neither"} {margin}.')
   lines += ['', '## What it does not show', '',
-            '- Anything about DINOv2, SigLIP2, CLIP or DINOv3 themselves: these are mini models trained by stitchjax.',
             '- Robustness across seeds: every number comes from one seed.',
-            '- Claims the table above does not support: where a count above is low, the paper\'s corresponding '
-            'finding is not reproduced at this scale.']
+            '- Other schedules: one run\'s epochs, batch sizes and learning rates; the probes are trained for as long '
+            'as the stitches, which may be short of their converged accuracy.',
+            '- Claims the counts above do not support: where a count is low, the paper\'s corresponding finding is not '
+            'reproduced by this run.']
   return '\n'.join(lines) + '\n'

@@ -152,11 +152,12 @@ def _cached_step(func: Callable, owner):
 
 
 def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val: dict, schedule: Schedule,
-        ckpt_dir: pathlib.Path | None = None, desc: str = 'train', placement: Placement = Placement()
-        ) -> tuple[Any, dict]:
+        ckpt_dir: pathlib.Path | None = None, desc: str = 'train', placement: Placement = Placement(),
+        log: Callable[[dict], None] = lambda record: None) -> tuple[Any, dict]:
   """Trains `params`; returns (best params by validation score, history).
 
   score_fn(params, frozen, val) -> float, higher is better, the same on every process.
+  log: called after every epoch with its record (stitchjax.metrics.Log writes them).
   """
   state = State(params, _adamw(hyperparameters(1.0, 0.0)).init(params), params, np.float32(-np.inf), np.int32(0),
                 np.int32(0))
@@ -170,15 +171,17 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
   history = {'train_loss': [], 'val_score': []}
   bar = distributed.progress(total=schedule.epochs, initial=int(state.epoch), desc=desc, unit='epoch', leave=False)
   saved_at = time.monotonic()
+  examples = len(next(iter(train.values())))
+  steps_per_epoch = -(-examples // schedule.batch_size)
   while state.epoch < schedule.epochs and state.bad_epochs < schedule.patience:
-    losses, params, opt_state = [], state.params, state.opt_state
+    losses, params, opt_state, started = [], state.params, state.opt_state, time.monotonic()
     steps = distributed.progress(batches(train, schedule.batch_size, seed=schedule.seed, epoch=int(state.epoch)),
-                                 desc='steps', total=-(-len(next(iter(train.values()))) // schedule.batch_size),
-                                 unit='step', leave=False)
+                                 desc='steps', total=steps_per_epoch, unit='step', leave=False)
     for batch in steps:
       params, opt_state, loss = step(params, opt_state, frozen, placement.batch(batch), hyper)
       losses.append(loss)
     losses = np.stack(distributed.to_host(losses))  # once per epoch: a per-step check would sync every step
+    trained_s = time.monotonic() - started
     if not np.isfinite(losses).all():
       bad = int(np.argmin(np.isfinite(losses)))
       raise FloatingPointError(f'{desc}: loss {losses[bad]} at step {bad} of epoch {int(state.epoch)} '
@@ -190,6 +193,9 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
                   np.int32(state.epoch + 1), np.int32(0 if better else state.bad_epochs + 1))
     history['train_loss'].append(train_loss)
     history['val_score'].append(score)
+    log({'unit': desc, 'epoch': int(state.epoch), 'steps': int(state.epoch) * steps_per_epoch, 'train_loss': train_loss,
+         'val_score': score, 'lr': schedule.lr, 'seconds': round(time.monotonic() - started, 3),
+         'images_per_s': round(examples / trained_s, 1)})
     stopping = state.epoch >= schedule.epochs or state.bad_epochs >= schedule.patience
     # Agreed: every process must take part in the gathers that a save starts.
     if manager is not None and distributed.agree(stopping or time.monotonic() - saved_at >= schedule.checkpoint_every_s):

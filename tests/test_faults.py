@@ -2,6 +2,7 @@
 import errno
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -219,33 +220,41 @@ def test_a_killed_cache_build_resumes_at_its_last_chunk(tmp_path, monkeypatch):
 
 
 
-def _run(config, workdir, kill_after=None):
-  """Runs run.py; with kill_after, SIGKILLs it that many seconds in. Returns (finished, last progress line)."""
+PROGRESS = re.compile(rb'^\d{4}-\d\d-\d\dT\S+ (.*)$', re.M)  # stitchjax.metrics.say, off a terminal
+
+
+def _run(config, workdir, kill_at=None):
+  """Runs run.py; with kill_at, SIGKILLs it at its kill_at-th progress line. Returns (finished, last
+  progress line, number of progress lines)."""
   p = subprocess.Popen([sys.executable, 'run.py', '--config', str(config), f'--config.workdir={workdir}'],
-                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  try:
-    _, err = p.communicate(timeout=kill_after)
-  except subprocess.TimeoutExpired:
-    p.send_signal(signal.SIGKILL)
-    _, err = p.communicate()
-  stages = [line.split(':')[0] for line in err.replace('\r', '\n').splitlines() if '%|' in line]
-  assert p.returncode in (0, -signal.SIGKILL), err[-3000:]
-  return p.returncode == 0, stages[-1] if stages else 'start-up'
+                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  err = b''
+  while chunk := os.read(p.stderr.fileno(), 1 << 16):
+    err += chunk
+    if kill_at is not None and len(PROGRESS.findall(err)) >= kill_at:
+      p.send_signal(signal.SIGKILL)
+      err += p.stderr.read()
+      break
+  p.wait()
+  stages = [line.decode() for line in PROGRESS.findall(err)]
+  assert p.returncode in (0, -signal.SIGKILL), err.decode(errors='replace')[-3000:]
+  return p.returncode == 0, stages[-1] if stages else 'start-up', len(stages)
 
 
 def test_killed_at_seeded_points_the_rerun_finishes_with_identical_results(tmp_path):
   import hf_models as H
   config = H.run_config(tmp_path, {'train': 8, 'test': 3}, methods='lp,ffm_tlt', epochs=3, lrs='0.003,0.03',
                         export='ffm_tlt')
-  start = time.monotonic()
-  assert _run(config, tmp_path / 'ref')[0]
-  duration = time.monotonic() - start
-  # Each re-run resumes, so it has less left to do: kill early enough to land mid-run.
-  kills = np.random.default_rng(0).uniform(0.1, 0.45, 4) * duration
+  finished, _, updates = _run(config, tmp_path / 'ref')
+  assert finished
+  # Kill points are progress lines (an epoch, a unit, a cell), not seconds: a re-run that finds its
+  # programs in the compilation cache, or a machine busy with other work, would move a timed kill. Each re-run resumes and so has
+  # less left to do; four kills of at most a quarter of the run each still land mid-run.
+  kills = (np.random.default_rng(0).uniform(0.05, 0.25, 4) * updates).astype(int) + 1
   interrupted = []
-  for delay in kills:
-    finished, stage = _run(config, tmp_path / 'faulty', kill_after=delay)
-    interrupted.append(f'{delay:.1f}s: {"finished" if finished else stage}')
+  for kill_at in kills:
+    finished, stage, _ = _run(config, tmp_path / 'faulty', kill_at=kill_at)
+    interrupted.append(f'line {kill_at}: {"finished" if finished else stage}')
   assert _run(config, tmp_path / 'faulty')[0]
   print('kill points:', '; '.join(interrupted))
   ref = (tmp_path / 'ref' / 'results.json').read_text()

@@ -14,7 +14,7 @@ import hf_models as H
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Imported only inside the functions that need them, and declared as extras (or, for torch, optional:
 # the .pth reader falls back to a restricted unpickler without it).
-OPTIONAL = {'tensorflow_datasets': 'data', 'torch': 'test'}
+OPTIONAL = {'tensorflow_datasets': 'data', 'torch': 'test', 'huggingface_hub': 'hub', 'tensorboardX': 'tensorboard'}
 # Declared for what the library asks of jax, which imports them only when asked.
 FOR_JAX = {'filelock'}  # jax_compilation_cache_max_size (stitchjax.protocol.compilation_cache)
 
@@ -65,13 +65,13 @@ def test_optional_packages_are_imported_lazily_and_declared_as_extras():
   found = _imports()
   for module, extra in OPTIONAL.items():
     assert found[module] == {'function'}, f'{module} is imported at module level'
-    assert {d.lower() for d in distributions[module]} & extras[extra], f'{module} is not in the {extra!r} extra'
+    assert {_name(d) for d in distributions[module]} & extras[extra], f'{module} is not in the {extra!r} extra'
   assert not {'jax', 'jaxlib'} & {_name(r) for r in _project()['dependencies'] if '==' in r}, 'jax is pinned'
 
 
 BLOCKED = '''
 import importlib.abc, json, sys
-BLOCKED = {'tensorflow_datasets', 'torch', 'transformers', 'huggingface_hub'}
+BLOCKED = {'tensorflow_datasets', 'torch', 'transformers', 'huggingface_hub', 'tensorboardX'}
 
 class Block(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path=None, target=None):

@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stitchjax import experiment, mini, objectives, train, tree, vit
+from stitchjax import backbone, experiment, mini, objectives, train, tree, vit
 from stitchjax import stitch as stitch_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def layout(family: str, image_size: int = 56, **kw) -> vit.ViTConfig:
-  return vit.ViTConfig(**(experiment.INIT_LAYOUTS[family] | kw), image_size=image_size)
+  return vit.ViTConfig(**(backbone.INIT_LAYOUTS[family] | kw), image_size=image_size)
 
 
 @functools.cache
@@ -135,7 +135,7 @@ VIT_L = {'clip': dict(patch_size=14, image_size=336), 'dinov2': dict(patch_size=
 
 def vit_l(family: str) -> vit.ViTConfig:
   """The paper's ViT-L backbones as configs (no parameters needed to count blocks)."""
-  return vit.ViTConfig(**(experiment.INIT_LAYOUTS[family] | dict(depth=24, dim=1024, heads=16, mlp_dim=4096)
+  return vit.ViTConfig(**(backbone.INIT_LAYOUTS[family] | dict(depth=24, dim=1024, heads=16, mlp_dim=4096)
                           | VIT_L[family]))
 
 

@@ -1,0 +1,107 @@
+"""The plan job: what a stitching config would run, checked and costed before anything is computed.
+
+    python run.py --config configs/fmow.py --config.job=plan
+
+It reads each backbone's config, never its weights (backbone.describe), checks the stitch
+layers against every backbone's depth, lists each cell as done, partial or pending in the
+workdir, counts the training units (a stage of a cell at one learning rate) left to train,
+and estimates the feature cache's size on disk from the split sizes and token shapes.
+"""
+import dataclasses
+import pathlib
+
+from stitchjax import backbone, data, protocol, vit
+from convert.common import CheckpointError
+
+CACHE_BYTES_PER_VALUE = 2  # the feature cache stores bfloat16 (features.Cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  cells: dict  # cell id -> 'done' | 'partial' | 'pending'
+  units: int
+  units_done: int
+  configs: dict  # backbone name -> ViTConfig, or the reason it could not be read
+  split_sizes: dict | str  # split -> examples, or why the data could not be read
+  cache_bytes: int | None
+
+
+def describe(name: str, spec) -> vit.ViTConfig:
+  """The configured backbone's architecture, read from its config (the seeded 'init:' layouts included)."""
+  path = str(spec.path)
+  if path.startswith('init:'):
+    return backbone.init_layout(name, path, spec.get('image_size'))
+  return backbone.describe(path, image_size=spec.get('image_size'))
+
+
+def units(cell: protocol.Cell) -> list[str]:
+  """The training units of a cell as protocol.Runner names them (ffm_tlt shares its ffm cell's matching)."""
+  if cell.method == 'lp':
+    return [cell.id]
+  if cell.method in ('lfm', 'ffm'):
+    return [f'{cell.id}/match', f'{cell.id}/probe']
+  if cell.method == 'tlt':
+    return [f'{cell.id}/tlt']
+  return [f'{dataclasses.replace(cell, method="ffm").id}/match', f'{cell.id}/tlt']
+
+
+def cache_bytes(configs: dict, layers: list[int], split_sizes: dict) -> int:
+  """Every split's tokens at each stitch layer and after the final norm, plus the pooled features."""
+  total = 0
+  for cfg in configs.values():
+    per_example = (len(layers) + 1) * cfg.num_tokens * cfg.dim + (cfg.dim if cfg.pool != 'none' else 0)
+    total += per_example * sum(split_sizes.values()) * CACHE_BYTES_PER_VALUE
+  return total
+
+
+def make(config) -> Plan:
+  protocol.validate(config)
+  used = list(dict.fromkeys(b for pair in protocol.pairs(config) for b in pair))
+  configs = {}
+  for name in used:
+    try:
+      configs[name] = describe(name, config.backbones[name])
+    except CheckpointError as e:
+      configs[name] = str(e)
+  protocol.validate(config, {n: c for n, c in configs.items() if isinstance(c, vit.ViTConfig)})
+  try:
+    splits = data.load(config.data).splits
+    split_sizes = {name: len(split) for name, split in splits.items()}
+  except Exception as e:  # the data is often not on the machine that plans: say why, plan the rest
+    split_sizes = f'{type(e).__name__}: {e}'
+  layers = protocol.typed_list(config, 'layers', int)
+  known = all(isinstance(c, vit.ViTConfig) for c in configs.values()) and isinstance(split_sizes, dict)
+  work = pathlib.Path(config.workdir) / 'cells'
+  lrs = protocol.typed_list(config, 'train.lrs', float)
+  cells, all_units = {}, set()
+  for cell in protocol.expand(config):
+    if (work / cell.id / 'result.json').exists():
+      cells[cell.id] = 'done'
+    else:
+      cells[cell.id] = 'partial' if any((work / u).exists() for u in units(cell)) else 'pending'
+    all_units |= {(u, lr) for u in units(cell) for lr in lrs}
+  done = sum((work / u / f'lr_{lr:g}' / 'done.json').exists() for u, lr in all_units)
+  return Plan(cells, len(all_units), done, configs, split_sizes,
+              cache_bytes(configs, layers, split_sizes) if known else None)
+
+
+def run(config) -> Plan:
+  plan = make(config)
+  for name, cfg in plan.configs.items():
+    print(f'{name}: ' + (f'{cfg.family}, depth {cfg.depth}, dim {cfg.dim}, {cfg.num_tokens} tokens at '
+                         f'{cfg.image_size} px' if isinstance(cfg, vit.ViTConfig) else f'not read ({cfg})'))
+  width = max(map(len, plan.cells))
+  for cell, status in plan.cells.items():
+    print(f'{cell:<{width}}  {status}')
+  count = {s: sum(v == s for v in plan.cells.values()) for s in ('done', 'partial', 'pending')}
+  print(f'{len(plan.cells)} cells ({count["done"]} done, {count["partial"]} partial, {count["pending"]} pending); '
+        f'{plan.units} training units over {len(protocol.typed_list(config, "train.lrs", float))} learning rates, '
+        f'{plan.units - plan.units_done} left')
+  if isinstance(plan.split_sizes, str):
+    print(f'data: not readable here ({plan.split_sizes}); feature cache size unknown')
+  else:
+    print(f'data: {", ".join(f"{n} {k}" for n, k in plan.split_sizes.items())} examples')
+  if plan.cache_bytes is not None:
+    cache = config.get('cache_dir') or pathlib.Path(config.workdir) / 'cache'
+    print(f'feature cache: about {plan.cache_bytes / 2**30:.2f} GiB in {cache}')
+  return plan
