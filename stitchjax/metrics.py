@@ -63,10 +63,13 @@ class Log:
         self._writers[unit].add_scalar(name, record[name], record['steps'])
       self._writers[unit].flush()
 
-  def close(self) -> None:
-    for writer in self._writers.values():
+  def end(self, unit: str, summary: str) -> None:
+    """A unit has finished: its line off a terminal, and its TensorBoard file closed (a paper-scale sweep
+    has hundreds of units, too many files to keep open)."""
+    say(f'{unit}: {summary}')
+    writer = self._writers.pop(unit, None)
+    if writer is not None:
       writer.close()
-    self._writers = {}
 
 
 def read(workdir) -> list[dict]:

@@ -317,7 +317,7 @@ class Runner:
                                   checkpoint_every_s=float(t.get('checkpoint_every_s', 0.0)))
         params, history = train.fit(loss_fn, score_fn, init, frozen, train_arrays, val_arrays, schedule,
                                     d / 'ckpt', desc=f'{unit} lr={lr:g}', placement=self.placement, log=self.log)
-        metrics.say(f'{unit} lr={lr:g}: done after {history["epochs"]} epochs, best val {history["best_val_score"]:.4g}')
+        self.log.end(f'{unit} lr={lr:g}', f'done after {history["epochs"]} epochs, best val {history["best_val_score"]:.4g}')
         train.save_tree(d / 'params', params)
         _write_json(d / 'done.json', {'lr': lr, 'val_score': history['best_val_score'], 'history': history})
         trained[lr], done[lr] = params, history['best_val_score']
