@@ -32,6 +32,7 @@ The cache build (one pass of each backbone over a synthetic split through
 """
 import argparse
 import dataclasses
+import functools
 import math
 import statistics
 import tempfile
@@ -45,7 +46,8 @@ import optax
 import forward as fwd
 from stitchjax import data as data_lib
 from stitchjax import features, objectives, train, vit
-from stitchjax import stitch as stitch_lib
+from stitchjax import model as model_lib
+from stitchjax import stitch_layers as stitch_lib
 
 FMOW_TRAIN = 14_260
 NUM_CLASSES = 62  # fMoW
@@ -62,9 +64,9 @@ def theoretical_speedup(method: str, n: int, depth: int, remat: bool) -> float:
   return recompute / suffix
 
 
-def losses(method: str, stitched: objectives.Stitched, src_cfg: vit.ViTConfig):
+def losses(method: str, stitched: model_lib.Stitched, src_cfg: vit.ViTConfig):
   """(cached loss, recompute loss), both `loss(trainable, frozen, batch)`."""
-  cached = stitched.ffm_loss if method == 'ffm' else stitched.tlt_loss
+  cached = functools.partial(objectives.ffm_loss if method == 'ffm' else objectives.tlt_loss, stitched)
   n, tgt = stitched.spec.layer, stitched.target
 
   def recompute(trainable, frozen, batch):
@@ -177,10 +179,10 @@ def main():
   for method in args.methods.split(','):
     for n in layers:
       spec = stitch_lib.StitchSpec('linear', src.config, tgt_cfg, n, dtype=args.dtype)
-      stitched = objectives.Stitched(spec, tgt_cfg)
+      stitched = model_lib.Stitched(spec, remat=args.remat)
       trainable = {'stitch': stitch_lib.init(spec, jax.random.key(0))}
       if method == 'tlt':
-        trainable['head'] = objectives.head_init(tgt_cfg.dim, NUM_CLASSES)
+        trainable['head'] = model_lib.head_init(tgt_cfg.dim, NUM_CLASSES)
       hyper = train.hyperparameters(1e-3, 1e-4)
       state = (trainable, optax.adamw(1e-3).init(trainable))
       results = {}

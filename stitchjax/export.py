@@ -26,8 +26,9 @@ import numpy as np
 
 from stitchjax import atomic
 from stitchjax import backbone as backbone_lib
-from stitchjax import features, objectives, segmentation, train, vit
-from stitchjax import stitch as stitch_lib
+from stitchjax import features, segmentation, train
+from stitchjax import model as model_lib
+from stitchjax import stitch_layers as stitch_lib
 from convert.common import CheckpointError
 
 FORMAT_VERSION = 2  # 2 added task, label_size and relative backbone paths; version 1 exports still load
@@ -35,38 +36,24 @@ READABLE = (1, 2)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StitchedModel:
-  source: backbone_lib.Backbone
-  target: backbone_lib.Backbone
-  spec: stitch_lib.StitchSpec
+class Exported:
+  """A trained stitched model (stitchjax/model.py) with its params and class names, run on uint8 images."""
+  model: model_lib.StitchedModel
   params: dict  # {'stitch': ..., 'head': ...}; segmentation: 'head' is the linear decoder
   classes: list
-  task: str = 'classification'
-  label_size: int | None = None  # segmentation: the side of the predicted label map
+
+  @property
+  def task(self) -> str:
+    return self.model.task
 
   def logits(self, images) -> np.ndarray:
     """uint8 images (B,H,W,3) or a list of (H,W,3) -> logits (B, classes), or for segmentation per-pixel
     logits (B, label_size, label_size, classes). The source backbone sees the pixels."""
-    x = self.source.preprocess(images)
-    return np.asarray(_logits(self.spec, self.task, self.label_size, self.params, self.source.params,
-                              self.target.params, x))
+    return np.asarray(self.model.logits(self.params, self.model.preprocess(images)))
 
   def predict(self, images) -> np.ndarray:
     """Class indices into `classes`: (B,), or label maps (B, label_size, label_size)."""
     return self.logits(images).argmax(-1)
-
-
-def _forward(spec: stitch_lib.StitchSpec, task: str, label_size, params, source_params, target_params, x):
-  tokens = vit.blocks(spec.source, source_params, vit.embed(spec.source, source_params, x), 0, spec.layer)
-  model = objectives.Stitched(spec, spec.target, task)
-  frozen = {'target': target_params, 'block': stitch_lib.frozen_block(spec, source_params)}
-  if task == 'segmentation':
-    patches = model.final(params, frozen, tokens)[:, spec.target.num_prefix_tokens:]
-    return segmentation.decode(params['head'], patches, label_size)
-  return objectives.head_apply(params['head'], model.pooled(params, frozen, tokens))
-
-
-_logits = jax.jit(_forward, static_argnums=(0, 1, 2))
 
 
 def backbone_location(path, out) -> dict:
@@ -114,7 +101,7 @@ def _load_backbone(directory: pathlib.Path, role: str, info: dict, given, dtype)
   return bb
 
 
-def load_stitched(directory, source=None, target=None) -> StitchedModel:
+def load_stitched(directory, source=None, target=None) -> Exported:
   """An exported stitched model. source, target: where the backbones are now (anything load_backbone accepts),
   when not where the export recorded them; their parameter digests are checked either way."""
   directory = pathlib.Path(directory)
@@ -131,12 +118,10 @@ def load_stitched(directory, source=None, target=None) -> StitchedModel:
          for role, given in (('source', source), ('target', target))}
   if task == 'segmentation':  # the run's square resize of whole images (segmentation.dense)
     bbs['source'] = segmentation.dense(bbs['source'])
-  spec = stitch_lib.StitchSpec(meta['kind'], bbs['source'].config, bbs['target'].config, meta['layer'],
-                               lora_rank=meta['lora_rank'], dtype=meta['dtype'])
-  like = {'stitch': stitch_lib.init(spec, jax.random.key(0), stitch_lib.frozen_block(spec, bbs['source'].params)),
-          'head': objectives.head_init(spec.target.dim, len(meta['classes']))}
+  model = model_lib.stitch(bbs['source'], bbs['target'], meta['layer'], meta['kind'], num_classes=len(meta['classes']),
+                           task=task, label_size=label_size, lora_rank=meta['lora_rank'], dtype=meta['dtype'])
   try:
-    params = train.load_tree(directory / 'params', like)
+    params = train.load_tree(directory / 'params', model.init(jax.random.key(0)))
   except Exception as e:
     raise CheckpointError(f'{directory / "params"}: cannot restore the stitch parameters ({e})') from e
-  return StitchedModel(bbs['source'], bbs['target'], spec, params, meta['classes'], task, label_size)
+  return Exported(model, params, meta['classes'])

@@ -206,28 +206,15 @@ class _Build:
     out = {k: np.zeros((self.rows, *s[1:]), np.uint16) for k, s in self.shapes.items()}
     if i is None:
       return out
-    bb, params, cfg = self.bb, self.bb.params, self.bb.config
-    start, stop = self.chunks[i]
-    layers = self.key['layers']
-    stops = [*layers, cfg.depth] if 'final' in out or 'pooled' in out else list(layers)
+    bb, start, stop = self.bb, *self.chunks[i]
+    final = 'final' in out or 'pooled' in out
     # On the host: slicing and casting a device array would compile once per batch size.
-    to_bits = lambda x, valid: np.asarray(x)[:valid].astype(BF16).view(np.uint16)
     for images, _, idx in data_lib.batches(self.split.subset(np.arange(start, stop)), bb.preprocess,
                                            self.batch_size, shuffle=False, seed=0):
       valid = len(idx)
-      if valid < self.batch_size:  # pad the last batch: one compiled shape per span, not two
-        images = np.concatenate([images, np.zeros((self.batch_size - valid, *images.shape[1:]), images.dtype)])
-      x, at = bb.embed(params, images), 0
-      for layer in stops:
-        x, at = bb.blocks(params, x, at, layer), layer
-        if f'layer_{layer}' in out:
-          out[f'layer_{layer}'][idx] = to_bits(x, valid)
-      if 'final' in out or 'pooled' in out:
-        tokens = bb.final(params, x)
-        if 'final' in out:
-          out['final'][idx] = to_bits(tokens, valid)
-        if 'pooled' in out:
-          out['pooled'][idx] = to_bits(bb.pool(params, tokens), valid)
+      for name, x in forward(bb, bb.params, pad(images, self.batch_size), self.key['layers'], final).items():
+        if name in out:
+          out[name][idx] = np.asarray(x)[:valid].astype(BF16).view(np.uint16)
     return out
 
   def _commit(self, out: dict, i: int, values: dict) -> None:
@@ -258,6 +245,26 @@ class _Build:
     if self.entry.exists():
       shutil.rmtree(self.entry)
     self.partial.rename(self.entry)
+
+
+def pad(rows: np.ndarray, size: int) -> np.ndarray:
+  """The last batch padded with zeros to `size` rows: one compiled shape per span, not two."""
+  return rows if len(rows) == size else np.concatenate([rows, np.zeros((size - len(rows), *rows.shape[1:]), rows.dtype)])
+
+
+def forward(bb, params, images, layers=(), final: bool = False) -> dict:
+  """One pass of a backbone over preprocessed images: {'layer_<n>': tokens after block n for each of
+  `layers`, and with `final` the final tokens and, when the backbone pools, 'pooled'}."""
+  cfg, out = bb.config, {}
+  x, at = bb.embed(params, images), 0
+  for layer in sorted(layers):
+    x, at = bb.blocks(params, x, at, layer), layer
+    out[f'layer_{layer}'] = x
+  if final:
+    out['final'] = bb.final(params, bb.blocks(params, x, at, cfg.depth))
+    if cfg.pool != 'none':
+      out['pooled'] = bb.pool(params, out['final'])
+  return out
 
 
 def _read_json(path: pathlib.Path):

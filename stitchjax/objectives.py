@@ -1,6 +1,7 @@
 """The stitch-training objectives and their validation scores (paper §3.2-3.3).
 
-All functions take `(trainable, frozen, batch)`:
+Every loss and evaluation function takes `(trainable, frozen, batch)`; those of the stitched model
+take the model (stitchjax/model.py) first and are bound with `functools.partial(ffm_loss, model)`:
 - trainable: {'stitch': ..., 'head': ...} (whichever the method trains);
 - frozen: {'target': target backbone params, 'block': the source block a LoRA stitch adapts};
 - batch: cached features ('source' (B,T_s,D_s) at layer n, 'target_layer' (B,T_t,D_t) at layer n,
@@ -18,8 +19,8 @@ the final *patch* tokens, 'label' holds (B, L, L) annotations, the losses are pe
 cross-entropy and the predictions are per-class pixel counts for mIoU
 (stitchjax/segmentation.py); lfm and ffm do not depend on the task.
 """
-import dataclasses
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -27,95 +28,74 @@ import numpy as np
 import optax
 
 from stitchjax import distributed, segmentation, train
-from stitchjax import stitch as stitch_lib
-from stitchjax import vit
-
-TASKS = ('classification', 'segmentation')
+from stitchjax import features as features_lib
+from stitchjax.model import Stitched, head_apply
 
 
-def _masked_mean(per_example, mask):
+def masked_mean(per_example, mask):
   return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _sq_dist(a, b):
+def sq_dist(a, b):
   """Per-example mean squared distance of (B, ..., D) features, in float32."""
   d = a.astype(jnp.float32) - b.astype(jnp.float32)
   return jnp.mean(d * d, axis=tuple(range(1, d.ndim)))
 
 
-def head_apply(head, features):
-  return features.astype(jnp.float32) @ head['kernel'] + head['bias']
+# The stitched model's objectives: `functools.partial(lfm_loss, model)` is a `loss(trainable, frozen, batch)`.
+def lfm_loss(model: Stitched, trainable, frozen, batch):
+  return masked_mean(sq_dist(model.at_stitch(trainable, frozen, batch['source']), batch['target_layer']),
+                     batch['mask'])
 
 
-def head_init(dim: int, num_classes: int) -> dict:
-  # Zero init: a linear probe's optimum does not depend on it, and it is the same for every seed.
-  return {'kernel': np.zeros((dim, num_classes), np.float32), 'bias': np.zeros((num_classes,), np.float32)}
+def ffm_loss(model: Stitched, trainable, frozen, batch):
+  return masked_mean(sq_dist(model.final(trainable, frozen, batch['source']), batch['target_final']), batch['mask'])
 
 
-@dataclasses.dataclass(frozen=True)
-class Stitched:
-  """The stitched model from layer n on, run on cached source tokens."""
-  spec: stitch_lib.StitchSpec
-  target: vit.ViTConfig  # with the compute dtype the run uses
-  task: str = 'classification'  # or 'segmentation': a linear decoder on the final patch tokens
+def tlt_loss(model: Stitched, trainable, frozen, batch):
+  logits = _logits(model, trainable, frozen, batch)
+  if model.task == 'segmentation':
+    return segmentation.pixel_loss(logits, batch['label'], batch['mask'])
+  return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']), batch['mask'])
 
-  def at_stitch(self, trainable, frozen, source_tokens):
-    return stitch_lib.apply(self.spec, trainable['stitch'], source_tokens, frozen.get('block'))
 
-  def final(self, trainable, frozen, source_tokens):
-    x = self.at_stitch(trainable, frozen, source_tokens)
-    x = vit.blocks(self.target, frozen['target'], x, self.spec.layer, self.target.depth)
-    return vit.final(self.target, frozen['target'], x)
+def _logits(model: Stitched, trainable, frozen, batch):
+  label_size = batch['label'].shape[-1] if model.task == 'segmentation' else None
+  return model.logits(trainable, frozen, batch['source'], label_size)
 
-  def pooled(self, trainable, frozen, source_tokens):
-    return vit.pool(self.target, frozen['target'], self.final(trainable, frozen, source_tokens))
 
-  def _with_patches(self, trainable, frozen, batch):
-    """Segmentation: the batch with 'features' = the stitched model's final patch tokens (B, g*g, D)."""
-    return batch | {'features': self.final(trainable, frozen, batch['source'])[:, self.target.num_prefix_tokens:]}
+# Per-example quantities for evaluation.
+def distances(model: Stitched, trainable, frozen, batch):
+  """The paper's Figure 2: distance at the stitch point and at the final layer, per example."""
+  return {'layer_distance': sq_dist(model.at_stitch(trainable, frozen, batch['source']), batch['target_layer']),
+          'final_distance': sq_dist(model.final(trainable, frozen, batch['source']), batch['target_final'])}
 
-  # Losses (lower is better).
-  def lfm_loss(self, trainable, frozen, batch):
-    return _masked_mean(_sq_dist(self.at_stitch(trainable, frozen, batch['source']), batch['target_layer']),
-                        batch['mask'])
 
-  def ffm_loss(self, trainable, frozen, batch):
-    return _masked_mean(_sq_dist(self.final(trainable, frozen, batch['source']), batch['target_final']),
-                        batch['mask'])
+def predictions(model: Stitched, trainable, frozen, batch):
+  logits = _logits(model, trainable, frozen, batch)
+  if model.task == 'segmentation':
+    return segmentation.pixel_counts(logits, batch['label'])
+  return {'prediction': jnp.argmax(logits, -1)}
 
-  def tlt_loss(self, trainable, frozen, batch):
-    if self.task == 'segmentation':
-      return decoder_loss(trainable, frozen, self._with_patches(trainable, frozen, batch))
-    logits = head_apply(trainable['head'], self.pooled(trainable, frozen, batch['source']))
-    return _masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']), batch['mask'])
 
-  # Per-example quantities for evaluation.
-  def distances(self, trainable, frozen, batch):
-    """The paper's Figure 2: distance at the stitch point and at the final layer, per example."""
-    return {'layer_distance': _sq_dist(self.at_stitch(trainable, frozen, batch['source']), batch['target_layer']),
-            'final_distance': _sq_dist(self.final(trainable, frozen, batch['source']), batch['target_final'])}
+def features(model: Stitched, trainable, frozen, batch):
+  return {'features': model.pooled(trainable, frozen, batch['source'])}
 
-  def predictions(self, trainable, frozen, batch):
-    if self.task == 'segmentation':
-      return decoder_counts(trainable, frozen, self._with_patches(trainable, frozen, batch))
-    return {'prediction': jnp.argmax(head_apply(trainable['head'], self.pooled(trainable, frozen, batch['source'])), -1)}
 
-  def features(self, trainable, frozen, batch):
-    return {'features': self.pooled(trainable, frozen, batch['source'])}
+# Segmentation probe of a trained stitch: its params come in frozen['stitch'], only the decoder trains.
+# (Classification probes cached pooled features instead; dense tokens of a whole split are too large.)
+def frozen_stitch_loss(model: Stitched, trainable, frozen, batch):
+  return tlt_loss(model, trainable | {'stitch': frozen['stitch']}, frozen, batch)
 
-  # Segmentation probe of a trained stitch: its params come in frozen['stitch'], only the decoder trains.
-  # (Classification probes cached pooled features instead; dense tokens of a whole split are too large.)
-  def frozen_stitch_loss(self, trainable, frozen, batch):
-    return self.tlt_loss(trainable | {'stitch': frozen['stitch']}, frozen, batch)
 
-  def frozen_stitch_counts(self, trainable, frozen, batch):
-    return self.predictions(trainable | {'stitch': frozen['stitch']}, frozen, batch)
+def frozen_stitch_counts(model: Stitched, trainable, frozen, batch):
+  return predictions(model, trainable | {'stitch': frozen['stitch']}, frozen, batch)
 
 
 def probe_loss(trainable, frozen, batch):
   del frozen
   logits = head_apply(trainable['head'], batch['features'])
-  return _masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']), batch['mask'])
+  return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']), batch['mask'])
 
 
 def probe_predictions(trainable, frozen, batch):
@@ -153,10 +133,10 @@ def _jit(fn):
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_jit(func, owner):
+def _cached_jit(func, args):
   """Bounded: every compiled executable keeps memory maps alive, and a long sweep of cells would
   otherwise exhaust the process's map count (vm.max_map_count) and crash inside XLA's compiler."""
-  return jax.jit(train.from_key(func, owner))
+  return jax.jit(train.from_key(func, args))
 
 
 def accuracy_score(predict_fn, batch_size: int, put=lambda b: b):
@@ -186,3 +166,87 @@ def loss_score(loss_fn, batch_size: int, put=lambda b: b):
       count += n
     return -total / count
   return score
+
+
+# The public trainer: stitchjax.fit.
+LOSSES = {'lfm': lfm_loss, 'ffm': ffm_loss, 'tlt': tlt_loss}
+
+
+def fit(model, params: dict, data: dict, loss: str = 'ffm', *, val: dict | None = None, lr: float = 1e-3,
+        epochs: int = 20, patience: int = 5, batch_size: int = 32, weight_decay: float = 1e-4, seed: int = 0,
+        workdir=None, log=lambda record: None) -> dict:
+  """Trains a StitchedModel's params (stitchjax.stitch) with the protocol's trainer and objectives.
+
+  data, val: {'image': uint8 (N,H,W,3) or a list of (H,W,3), 'label': (N,) or, for segmentation,
+    (N, label_size, label_size)}; each backbone preprocesses the images as it would its own. Labels
+    are needed by 'tlt' only. val (default: data) picks the best epoch and stops early.
+  loss: 'lfm', 'ffm' (train the stitch, label-free), 'tlt' (stitch and head, cross-entropy) or
+    'ffm_tlt' (the paper's recipe: ffm, then tlt from its stitch).
+  workdir: checkpoints of every epoch, so that a killed fit resumes where it stopped.
+  log: called with each epoch's record (unit, epoch, train_loss, val_score, ...).
+
+  The backbones' tokens are computed once, in memory, in bfloat16 as the protocol caches them; for a
+  dataset beyond memory, run the protocol (run.py), whose feature cache lives on disk.
+  Returns params with the trained parts replaced by the best epoch's by validation.
+  """
+  if loss == 'ffm_tlt':
+    stages = dict(val=val, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
+                  weight_decay=weight_decay, seed=seed, workdir=workdir, log=log)
+    return fit(model, fit(model, params, data, 'ffm', **stages), data, 'tlt', **stages)
+  if loss not in LOSSES:
+    raise ValueError(f'loss={loss!r} is not one of {(*LOSSES, "ffm_tlt")}')
+  if loss == 'tlt' and 'head' not in params:
+    raise ValueError("loss='tlt' trains a head: build the model with stitchjax.stitch(..., num_classes=...)")
+  if batch_size % jax.device_count():
+    raise ValueError(f'batch_size={batch_size} is not divisible by the {jax.device_count()} devices')
+  placement = train.Placement.data_parallel()
+  net = model.net
+  loss_fn = functools.partial(LOSSES[loss], net)
+  trainable = params if loss == 'tlt' else {'stitch': params['stitch']}
+  train_arrays = stitch_inputs(model, data, loss, batch_size)
+  val_arrays = train_arrays if val is None else stitch_inputs(model, val, loss, batch_size)
+  if loss != 'tlt':
+    score = loss_score(loss_fn, batch_size, placement.batch)
+  else:
+    scorer = miou_score if net.task == 'segmentation' else accuracy_score
+    score = scorer(functools.partial(predictions, net), batch_size, placement.batch)
+  schedule = train.Schedule(lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
+                            weight_decay=weight_decay, seed=seed)
+  best, _ = train.fit(loss_fn, score, trainable, model.frozen(with_source=False), train_arrays, val_arrays, schedule,
+                      None if workdir is None else pathlib.Path(workdir) / loss, desc=loss, placement=placement,
+                      log=log)
+  return params | best
+
+
+def stitch_inputs(model, data: dict, loss: str, batch_size: int) -> dict:
+  """What `loss` reads, as the protocol's feature cache holds it: the source's tokens after block n and
+  the target's (after block n for lfm, final for ffm) in bfloat16; the labels for tlt."""
+  if 'image' not in data:
+    raise ValueError(f"data has no 'image' (keys: {sorted(data)})")
+  n = model.spec.layer
+  wanted = {'source': (model.source, f'layer_{n}')}
+  if loss == 'lfm':
+    wanted['target_layer'] = (model.target, f'layer_{n}')
+  elif loss == 'ffm':
+    wanted['target_final'] = (model.target, 'final')
+  images, out = data['image'], {name: [] for name in wanted}
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    for name, (bb, key) in wanted.items():
+      x = features_lib.pad(bb.preprocess(chunk), batch_size)
+      tokens = features_lib.forward(bb, bb.params, x, layers=(n,) if key != 'final' else (), final=key == 'final')
+      out[name].append(np.asarray(tokens[key])[:len(chunk)].astype(features_lib.BF16))
+  arrays = {name: np.concatenate(v) for name, v in out.items()}
+  if loss == 'tlt':
+    arrays['label'] = _labels(model, data, len(images))
+  return arrays
+
+
+def _labels(model, data: dict, count: int) -> np.ndarray:
+  if 'label' not in data:
+    raise ValueError("loss='tlt' needs data['label']")
+  labels = np.asarray(data['label'])
+  want = (count,) if model.task == 'classification' else (count, model.label_size, model.label_size)
+  if labels.shape != want:
+    raise ValueError(f"data['label'] has shape {labels.shape}, expected {want} for {model.task}")
+  return labels.astype(np.int32) if model.task == 'classification' else labels

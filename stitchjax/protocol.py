@@ -25,6 +25,7 @@ decoder with per-pixel cross-entropy; the metric is 'miou' (stitchjax/segmentati
 import contextlib
 import csv
 import dataclasses
+from functools import partial
 import io
 import json
 import pathlib
@@ -38,8 +39,10 @@ from jax.experimental.compilation_cache import compilation_cache as jax_compilat
 
 from stitchjax import data as data_lib
 from stitchjax import atomic, distributed, export, features, metrics, objectives, segmentation, train, vit
-from stitchjax import stitch as stitch_lib
+from stitchjax import stitch_layers as stitch_lib
 from stitchjax.backbone import load_backbone
+from stitchjax.model import TASKS, head_init
+from stitchjax.model import stitch as stitch_model
 
 METHODS = ('lp', 'lfm', 'ffm', 'tlt', 'ffm_tlt')
 
@@ -124,8 +127,8 @@ def validate(config, backbones: dict | None = None) -> None:
       if name not in config.backbones:
         raise ValueError(f'config.pairs: backbone {name!r} is not in config.backbones ({sorted(config.backbones)})')
   task = config.get('task', 'classification')
-  if task not in objectives.TASKS:
-    raise ValueError(f'config.task={task!r} is not one of {objectives.TASKS}')
+  if task not in TASKS:
+    raise ValueError(f'config.task={task!r} is not one of {TASKS}')
   data_task = 'segmentation' if config.data.get('kind') in data_lib.PIXEL_CLASSES else 'classification'
   if task != data_task:
     raise ValueError(f'config.task={task!r}, but config.data.kind={config.data.get("kind")!r} is a {data_task} '
@@ -336,7 +339,7 @@ class Runner:
     if self.task == 'classification':
       feats = standardised(feats)
     arrays = {s: {'features': feats[s], 'label': self.labels(s)} for s in ('train', 'val', 'test')}
-    init = {'head': objectives.head_init(feats['train'].shape[-1], self.num_classes)}
+    init = {'head': head_init(feats['train'].shape[-1], self.num_classes)}
     eval_bs, put = self.eval_batch_size, self.placement.batch
     params, lr, val = self.sweep(unit, loss, score(predict, eval_bs, put), init, {}, arrays['train'], arrays['val'], bs)
     return objectives.evaluate(predict, params, {}, arrays['test'], eval_bs, put), lr, val
@@ -379,20 +382,16 @@ class Runner:
     return cell.record('test', 'accuracy', np.mean(pred == labels), n=len(labels), **extra)
 
   def _stitched(self, cell: Cell):
-    src, tgt = self.backbones[cell.source], self.backbones[cell.target]
-    spec = stitch_lib.StitchSpec(cell.stitch_layer, src.config, tgt.config, cell.layer,
-                                 lora_rank=int(self.config.lora_rank), dtype=self.config.dtype)
-    frozen = {'target': tgt.params}
-    block = stitch_lib.frozen_block(spec, src.params)
-    if block is not None:
-      frozen['block'] = block
-    init = {'stitch': stitch_lib.init(spec, jax.random.key(int(self.config.seed)), block)}
+    """The cell's stitched model (stitchjax.stitch), its frozen params and its initial stitch."""
+    model = stitch_model(self.backbones[cell.source], self.backbones[cell.target], cell.layer, cell.stitch_layer,
+                         task=self.task, lora_rank=int(self.config.lora_rank), dtype=self.config.dtype,
+                         # the target suffix recomputes its activations in the backward pass instead of keeping them
+                         remat=bool(self.config.get('remat', False)))
     # Placed once, so that training, validation and test see them placed alike and share compilations (the
     # backbones stay process-local: each process extracts its own share of the features with them).
-    frozen, init = self.placement.replicate((frozen, init))
-    # remat: the target suffix recomputes its activations in the backward pass instead of keeping them.
-    target = dataclasses.replace(tgt.config, remat=bool(self.config.get('remat', False)))
-    return objectives.Stitched(spec, target, self.task), frozen, init
+    init = model.init(jax.random.key(int(self.config.seed)))
+    frozen, init = self.placement.replicate((model.frozen(with_source=False), init))
+    return model.net, frozen, init
 
   def _arrays(self, cell: Cell, split: str) -> dict:
     s, t = self.feats(cell.source, split), self.feats(cell.target, split)
@@ -408,12 +407,12 @@ class Runner:
       ffm = dataclasses.replace(cell, method='ffm')
       init = self._matched_stitch(ffm, model, frozen, init, arrays)[0]
     bs = self.batch_size('tlt')
-    init = init | {'head': objectives.head_init(model.target.dim, self.num_classes)}
-    score = self._task_fns()[2](model.predictions, self.eval_batch_size, self.placement.batch)
-    params, lr, val = self.sweep(f'{cell.id}/tlt', model.tlt_loss, score, init, frozen, arrays['train'],
+    init = init | {'head': head_init(model.target.dim, self.num_classes)}
+    predict, eval_bs, put = partial(objectives.predictions, model), self.eval_batch_size, self.placement.batch
+    params, lr, val = self.sweep(f'{cell.id}/tlt', partial(objectives.tlt_loss, model),
+                                 self._task_fns()[2](predict, eval_bs, put), init, frozen, arrays['train'],
                                  arrays['val'], bs)
-    pred = objectives.evaluate(model.predictions, params, frozen, arrays['test'], self.eval_batch_size,
-                               self.placement.batch)
+    pred = objectives.evaluate(predict, params, frozen, arrays['test'], eval_bs, put)
     self._save_predictions(cell, pred)
     if cell.method in as_list(self.config.export):
       self._export(cell, model.spec, params)
@@ -421,7 +420,7 @@ class Runner:
 
   def _matched_stitch(self, cell: Cell, model, frozen, init, arrays):
     """The feature-matching stage of `cell` (lfm or ffm); shared by ffm and ffm_tlt cells."""
-    loss = model.lfm_loss if cell.method == 'lfm' else model.ffm_loss
+    loss = partial(objectives.lfm_loss if cell.method == 'lfm' else objectives.ffm_loss, model)
     bs = self.batch_size(cell.method)
     score = objectives.loss_score(loss, self.eval_batch_size, self.placement.batch)
     return self.sweep(f'{cell.id}/match', loss, score, init, frozen, arrays['train'], arrays['val'], bs)
@@ -429,11 +428,12 @@ class Runner:
   def _matching(self, cell, model, frozen, init, arrays) -> list[dict]:
     params, lr, val = self._matched_stitch(cell, model, frozen, init, arrays)
     eval_bs, put = self.eval_batch_size, self.placement.batch
-    dist = objectives.evaluate(model.distances, params, frozen, arrays['test'], eval_bs, put)
+    dist = objectives.evaluate(partial(objectives.distances, model), params, frozen, arrays['test'], eval_bs, put)
     if self.task == 'segmentation':
       pred, probe_lr, probe_val = self._frozen_stitch_decoder(cell, model, frozen | params, arrays)
     else:
-      pooled = {s: objectives.evaluate(model.features, params, frozen, arrays[s], eval_bs, put)['features']
+      pooled_fn = partial(objectives.features, model)
+      pooled = {s: objectives.evaluate(pooled_fn, params, frozen, arrays[s], eval_bs, put)['features']
                 for s in ('train', 'val', 'test')}
       pred, probe_lr, probe_val = self.probe(f'{cell.id}/probe', pooled)
     self._save_predictions(cell, pred)
@@ -446,12 +446,12 @@ class Runner:
     """Segmentation's probe of a matched stitch: a decoder trained on the frozen stitched model's final
     patch tokens, recomputed per batch (a split's dense tokens would not fit in memory at paper scale)."""
     bs = self.batch_size('lp')
-    init = {'head': objectives.head_init(model.target.dim, self.num_classes)}
-    score = objectives.miou_score(model.frozen_stitch_counts, self.eval_batch_size, self.placement.batch)
-    params, lr, val = self.sweep(f'{cell.id}/probe', model.frozen_stitch_loss, score, init, frozen, arrays['train'],
+    init = {'head': head_init(model.target.dim, self.num_classes)}
+    counts, eval_bs, put = partial(objectives.frozen_stitch_counts, model), self.eval_batch_size, self.placement.batch
+    params, lr, val = self.sweep(f'{cell.id}/probe', partial(objectives.frozen_stitch_loss, model),
+                                 objectives.miou_score(counts, eval_bs, put), init, frozen, arrays['train'],
                                  arrays['val'], bs)
-    return objectives.evaluate(model.frozen_stitch_counts, params, frozen, arrays['test'], self.eval_batch_size,
-                               self.placement.batch), lr, val
+    return objectives.evaluate(counts, params, frozen, arrays['test'], eval_bs, put), lr, val
 
   def _export(self, cell: Cell, spec, params) -> None:
     sources = {}

@@ -129,14 +129,18 @@ def make_step(loss_fn: Callable):
 
 
 def by_value(fn: Callable) -> tuple:
-  """A cache key under which equal models share programs. A bound method compares its instance by
-  identity, so the `tlt_loss` of two equal `Stitched` models (a tlt cell and the ffm_tlt cell after it)
-  would be two keys; (function, instance) compares the frozen dataclass by value."""
-  return (fn.__func__, fn.__self__) if inspect.ismethod(fn) else (fn, None)
+  """A cache key under which equal models share programs. Bound methods and partials compare their
+  instance and arguments by identity, so the `tlt_loss` of two equal models (a tlt cell and the ffm_tlt
+  cell after it) would be two keys; (function, arguments) compares frozen dataclasses by value."""
+  if inspect.ismethod(fn):
+    return fn.__func__, (fn.__self__,)
+  if isinstance(fn, functools.partial) and not fn.keywords:
+    return fn.func, fn.args
+  return fn, ()
 
 
-def from_key(func: Callable, owner) -> Callable:
-  return func if owner is None else functools.partial(func, owner)
+def from_key(func: Callable, args: tuple) -> Callable:
+  return functools.partial(func, *args) if args else func
 
 
 def _step(loss_fn: Callable):
@@ -146,9 +150,9 @@ def _step(loss_fn: Callable):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_step(func: Callable, owner):
+def _cached_step(func: Callable, args: tuple):
   # Bounded, like objectives._jit, so that compiled executables do not pile up over a sweep.
-  return make_step(from_key(func, owner))
+  return make_step(from_key(func, args))
 
 
 def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val: dict, schedule: Schedule,

@@ -5,7 +5,7 @@
                                        └── S_2 -> backbone 2 blocks [n, L_out)  -> branch 2 tokens
 
 One backbone (the trunk) runs blocks [0, n) once; each branch is a stitch layer S_i
-(stitch.py, trained label-free with FFM at L_out) followed by another backbone's blocks
+(stitch_layers.py, trained label-free with FFM at L_out) followed by another backbone's blocks
 [n, L_out). L_out defaults to each backbone's penultimate block, the layer an MLLM reads
 (hidden_states[-2], layer 23 of 24). "Full" runs every backbone alone on its own images.
 
@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stitchjax import distributed, objectives, vit
-from stitchjax import stitch as stitch_lib
+from stitchjax import model as model_lib
+from stitchjax import stitch_layers as stitch_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Branch:
     span_params: the backbone's blocks [n, L_out) only (see `tree_params`).
     trunk_block: the trunk's block n+1, which a 'lora' stitch adapts.
     """
-    x = stitch_lib.apply(self.spec, stitch_params, shared, trunk_block)
+    x = model_lib.Stitched(self.spec).at_stitch({'stitch': stitch_params}, {'block': trunk_block}, shared)
     return vit.blocks(self.spec.target, span_params, x, 0, self.out_layer - self.spec.layer)
 
   def ffm_loss(self, trainable, frozen, batch):
@@ -63,7 +64,7 @@ class Branch:
     frozen: {'span': blocks [n, L_out) of this backbone, 'block': the trunk's block n+1 (lora only)}.
     """
     y = self.tokens(trainable['stitch'], frozen['span'], batch['source'], frozen.get('block'))
-    return objectives._masked_mean(objectives._sq_dist(y, batch['target']), batch['mask'])
+    return objectives.masked_mean(objectives.sq_dist(y, batch['target']), batch['mask'])
 
 
 @dataclasses.dataclass(frozen=True)

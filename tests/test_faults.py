@@ -1,5 +1,6 @@
 """Faults: locks, corrupt checkpoints and caches, non-finite losses, a full disk."""
 import errno
+import functools
 import os
 import pathlib
 import re
@@ -56,7 +57,8 @@ def _fit(ckpt, epochs, lr=1e-2, checkpoint_every_s=0.0):
   model, frozen, init, arrays = _tiny_problem('ffm_loss')
   schedule = train.Schedule(lr=lr, epochs=epochs, patience=epochs, batch_size=32,
                             checkpoint_every_s=checkpoint_every_s)
-  return train.fit(model.ffm_loss, objectives.loss_score(model.ffm_loss, 32), init, frozen, arrays, arrays,
+  loss = functools.partial(objectives.ffm_loss, model)
+  return train.fit(loss, objectives.loss_score(loss, 32), init, frozen, arrays, arrays,
                    schedule, ckpt_dir=ckpt)
 
 

@@ -106,6 +106,25 @@ def test_export_reloads_and_reproduces_predictions(setup):
   np.testing.assert_array_equal(logits.argmax(-1), np.load(work / 'cells' / cell / 'test_predictions.npy'))
 
 
+def test_the_api_fit_is_the_protocols_trainer(setup):
+  """stitchjax.stitch + stitchjax.fit on the run's images give the protocol's tlt unit, bit for bit."""
+  import jax
+  import stitchjax
+  from stitchjax import data as data_lib
+  config, _ = setup
+  work, c = pathlib.Path(config.workdir), config
+  bbs = {n: stitchjax.load_backbone(c.backbones[n].path, image_size=c.backbones[n].image_size) for n in ('dinov2', 'siglip')}
+  model = stitchjax.stitch(bbs['dinov2'], bbs['siglip'], layer=1, kind='mlp', num_classes=3, dtype=c.dtype)
+  splits = data_lib.load(c.data).splits
+  data = {s: {'image': [splits[s].image(i) for i in range(len(splits[s]))], 'label': splits[s].labels}
+          for s in ('train', 'val')}
+  params = stitchjax.fit(model, model.init(jax.random.key(c.seed)), data['train'], loss='tlt', val=data['val'],
+                         lr=float(c.train.lrs), epochs=c.train.epochs, patience=c.train.patience,
+                         batch_size=c.train.batch_size['default'], weight_decay=c.train.weight_decay, seed=c.seed)
+  unit = work / 'cells' / 'dinov2__siglip__L1__tlt__mlp' / 'tlt' / 'lr_0.01' / 'params'
+  jax.tree.map(np.testing.assert_array_equal, params, train.load_tree(unit, params))
+
+
 def test_every_run_gets_a_report_of_what_it_measured(setup):
   config, _ = setup
   report = (pathlib.Path(config.workdir) / 'report.md').read_text()

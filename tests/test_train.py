@@ -15,7 +15,7 @@ from stitchjax import config_lib, protocol, train
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SWEEP = r'''
-import collections, json, sys, tempfile, jax
+import collections, functools, json, sys, tempfile, jax
 from jax import monitoring
 from jax._src import dispatch
 sys.path.insert(0, 'tests')
@@ -28,17 +28,18 @@ def count(event, seconds, fun_name='', **kw):
     compiled[fun_name] += 1
 monitoring.register_event_duration_secs_listener(count)
 model, frozen, init, arrays = _tiny_problem('ffm_loss')
+loss = functools.partial(objectives.ffm_loss, model)
 placement = train.Placement.data_parallel()
-score = objectives.loss_score(model.ffm_loss, 16, placement.batch)
+score = objectives.loss_score(loss, 16, placement.batch)
 losses, ckpt = [], tempfile.mkdtemp()
 for lr in (1e-2, 3e-3):
   sched = train.Schedule(lr=lr, epochs=3, patience=3, batch_size=16)
-  _, h = train.fit(model.ffm_loss, score, init, frozen, arrays, arrays, sched, placement=placement,
+  _, h = train.fit(loss, score, init, frozen, arrays, arrays, sched, placement=placement,
                    ckpt_dir=f'{ckpt}/{lr}')
   losses += h['train_loss']
 # A resumed fit (state restored from the checkpoint as numpy) runs the same programs.
 sched = train.Schedule(lr=3e-3, epochs=5, patience=5, batch_size=16)
-_, h = train.fit(model.ffm_loss, score, init, frozen, arrays, arrays, sched, placement=placement, ckpt_dir=f'{ckpt}/{3e-3}')
+_, h = train.fit(loss, score, init, frozen, arrays, arrays, sched, placement=placement, ckpt_dir=f'{ckpt}/{3e-3}')
 print(json.dumps({'devices': jax.device_count(), 'losses': losses + h['train_loss'], 'compiled': compiled}))
 '''
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stitchjax import backbone, experiment, mini, objectives, train, tree, vit
-from stitchjax import stitch as stitch_lib
+from stitchjax import stitch_layers as stitch_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

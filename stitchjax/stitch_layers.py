@@ -121,7 +121,9 @@ def align(tokens, source: vit.ViTConfig, target: vit.ViTConfig, learned_register
     if learned_registers is None:
       out.append(tokens[:, s_cls:s_cls + source.num_registers])
     else:
-      out.append(jnp.broadcast_to(learned_registers, (tokens.shape[0], *learned_registers.shape)))
+      # Added to zeros shaped like the batch, not broadcast: under a data-parallel mesh the result then
+      # shares the tokens' batch sharding, which concatenation needs.
+      out.append(jnp.zeros_like(tokens[:, :1, :1]) + learned_registers)
   out.append(resample_patches(patches, target.grid))
   return jnp.concatenate(out, axis=1)
 
