@@ -1,16 +1,19 @@
-"""Checkpoint converters: pure numpy key and shape maps into the stacked stitchjax ViT tree.
+"""Checkpoint converters: numpy key and shape maps into the stacked stitchjax ViT tree (stitchjax/vit.py),
+checked against the ViT's parameter shapes (jax.eval_shape: nothing runs or compiles).
 
 One small module per source layout:
 - `hf`: transformers directories (DINOv2, DINOv2 with registers, DINOv3, CLIP, SigLIP, SigLIP2);
-- `torch_hub`: the original DINOv2 / DINOv3 torch-hub `.pth` files;
+- `torch_hub`: the original DINOv2 / DINOv3 torch-hub `.pth` files, read safely by `pth`;
 - `big_vision`: big_vision SigLIP2 `.npz` files;
-- `hub`: repo ids ('facebook/dinov2-large') resolved in the local Hugging Face cache.
+- `hub`: repo ids ('facebook/dinov2-large') resolved in the local Hugging Face cache;
+- `common`: the reader every layout fills, its shared key maps and the final shape check.
 
 `python -m convert SRC OUT [--image-size N]` writes an orbax checkpoint plus a JSON
 config that `stitchjax.load_backbone` reads. Nothing is ever fetched from a hub.
 """
 import pathlib
 
+from convert import big_vision, hf, torch_hub
 from convert.common import CheckpointError
 
 
@@ -26,14 +29,11 @@ def load_checkpoint(source, heads: int | None = None) -> tuple[dict, str, dict, 
     raise CheckpointError(f'{path}: no such file or directory')
   if path.is_dir():
     if (path / 'config.json').exists():
-      from convert import hf
       return hf.load(path)
     raise CheckpointError(f'{path}: a directory without config.json (transformers) or stitchjax.json (stitchjax export)')
   if path.suffix in ('.pth', '.pt'):
-    from convert import torch_hub
     return torch_hub.load(path, heads=heads)
   if path.suffix == '.npz':
-    from convert import big_vision
     return big_vision.load(path)
   raise CheckpointError(f'{path}: unknown checkpoint format; expected a transformers directory, '
                         'a stitchjax export, a torch-hub .pth or a big_vision .npz')
@@ -44,11 +44,9 @@ def read_fields(source) -> dict:
   transformers config.json, or a big_vision .npz's array headers. A torch-hub .pth holds no config."""
   path = pathlib.Path(source)
   if path.is_dir() and (path / 'config.json').exists():
-    from convert import hf
     config = hf.read_config(path)
     return hf.vit_config(hf.architecture(config, path), config, path)[0]
   if path.suffix == '.npz' and path.is_file():
-    from convert import big_vision
     return big_vision.fields(path)
   raise CheckpointError(f'{path}: no architecture to read without loading the weights (a torch-hub .pth stores '
                         'none; it is read when the run loads it)' if path.exists() else

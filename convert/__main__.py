@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from convert.common import CheckpointError
+from stitchjax import backbone
 
 
 def main(argv=None) -> int:
@@ -14,7 +15,6 @@ def main(argv=None) -> int:
                       help='attention heads, for torch-hub DINOv2 .pth files of a non-standard width')
   parser.add_argument('--force', action='store_true', help='replace an existing output directory')
   args = parser.parse_args(argv)
-  from stitchjax import backbone
   try:
     bb = backbone.load_backbone(args.src, image_size=args.image_size, heads=args.heads)
     backbone.save_backbone(bb, args.out, overwrite=args.force)

@@ -28,10 +28,12 @@ import collections.abc
 import re
 import zipfile
 
+import ml_dtypes
 import numpy as np
 
 from convert import common
 from convert.common import CheckpointError
+from stitchjax.vit import ViTConfig
 
 METHOD = 'zoom'  # big_vision's vit.resample_posemb: scipy.ndimage.zoom(order=1) on the (g, g, D) grid
 SCAN, LOOP = 'encoderblock', 'encoderblock_{}'
@@ -92,7 +94,6 @@ class Archive(collections.abc.Mapping):
   def __getitem__(self, name):
     a = self.npz[name]
     if a.dtype.kind == 'V' and a.itemsize == 2:  # np.save writes bfloat16 as raw 2-byte void, as big_vision notes
-      import ml_dtypes
       a = a.view(ml_dtypes.bfloat16)
     return a
 
@@ -240,7 +241,6 @@ def load(path) -> tuple[dict, str, dict, None]:
     reader = common.Reader(path, archive)
     root, tower = _prefixes(archive.shapes)
     fields, layout = vit_fields(reader, archive.shapes, tower)
-    from stitchjax.vit import ViTConfig  # stitchjax imports convert, so this edge stays lazy
     try:
       cfg = ViTConfig(**fields)
     except ValueError as e:

@@ -11,6 +11,8 @@ import re
 import jax
 import numpy as np
 
+from stitchjax import vit
+
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded exactly; the message names the file and the key."""
@@ -79,7 +81,6 @@ def flat_paths(tree) -> dict:
 
 def expected_shapes(cfg) -> dict:
   """stitchjax key -> shape, with 'blocks/...' entries per layer (no stacking axis)."""
-  from stitchjax import vit  # stitchjax imports convert, so this edge stays lazy
   shapes = jax.eval_shape(lambda: vit.init_params(cfg, jax.random.key(0)))  # the key too: nothing compiles
   out = {}
   for key, leaf in flat_paths(shapes).items():
@@ -119,3 +120,25 @@ def assemble(cfg, reader: Reader) -> dict:
       node = node.setdefault(p, {})
     node[leaf] = np.ascontiguousarray(value, dtype=np.float32)
   return tree
+
+
+# Key maps shared by the layouts that store torch Linear / LayerNorm weights.
+def dense(r: Reader, key: str, ours: str):
+  r.put(ours + '/kernel', key + '.weight', linear)
+  if r.has(key + '.bias'):
+    r.put(ours + '/bias', key + '.bias')
+
+
+def norm(r: Reader, key: str, ours: str):
+  r.put(ours + '/scale', key + '.weight')
+  r.put(ours + '/bias', key + '.bias')
+
+
+def split(r: Reader, key: str, targets: list[str]):
+  """One checkpoint tensor that stacks several of ours on its first axis (fused qkv, SwiGLU's w12)."""
+  value = r.get(key)
+  if value.ndim not in (1, 2) or len(value) % len(targets):
+    raise r.error(f'key {key!r} has shape {value.shape}, which does not split into {len(targets)} equal parts')
+  is_weight = value.ndim == 2
+  for target, chunk in zip(targets, np.split(value, len(targets), axis=0)):
+    r.set(target + ('/kernel' if is_weight else '/bias'), linear(chunk) if is_weight else chunk, key)

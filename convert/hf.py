@@ -12,9 +12,13 @@ import json
 import pathlib
 
 import numpy as np
+import safetensors.numpy
 
 from convert import common
-from convert.common import CheckpointError, conv, linear
+from convert.common import CheckpointError, conv, dense, linear, norm, split
+from convert.pth import load_state_dict
+from stitchjax import atomic
+from stitchjax.vit import ViTConfig
 
 ACTS = {'gelu': 'gelu', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_new': 'gelu_tanh', 'gelu_fast': 'gelu_tanh',
         'quick_gelu': 'quick_gelu', 'silu': 'silu', 'swish': 'silu', 'relu': 'relu'}
@@ -37,13 +41,11 @@ def read_arrays(directory: pathlib.Path) -> dict:
   arrays = {}
   for f in files:
     if f.suffix == '.safetensors':
-      import safetensors.numpy
       try:
         arrays.update(safetensors.numpy.load_file(str(f)))
       except Exception as e:
         raise CheckpointError(f'{f}: not a readable safetensors file ({e})') from e
     else:
-      from convert.torch_hub import load_state_dict
       arrays.update(load_state_dict(f))
   return arrays
 
@@ -124,16 +126,6 @@ def _strip_prefix(arrays: dict, arch: str) -> dict:
 def _first(r: common.Reader, *keys):
   """The first of several names a tensor has had across transformers versions."""
   return next((k for k in keys if r.has(k)), keys[0])
-
-
-def split(r: common.Reader, key: str, targets: list[str]):
-  """One checkpoint tensor that stacks several of ours on its first axis (fused qkv, SwiGLU's w12)."""
-  value = r.get(key)
-  if value.ndim not in (1, 2) or len(value) % len(targets):
-    raise r.error(f'key {key!r} has shape {value.shape}, which does not split into {len(targets)} equal parts')
-  is_weight = value.ndim == 2
-  for target, chunk in zip(targets, np.split(value, len(targets), axis=0)):
-    r.set(target + ('/kernel' if is_weight else '/bias'), linear(chunk) if is_weight else chunk, key)
 
 
 def _dinov2(r: common.Reader, cfg):
@@ -227,17 +219,6 @@ def map_head(r: common.Reader, s: str, o: str):
   dense(r, s + 'mlp.fc2', o + 'mlp/fc2')
 
 
-def dense(r: common.Reader, key: str, ours: str):
-  r.put(ours + '/kernel', key + '.weight', linear)
-  if r.has(key + '.bias'):
-    r.put(ours + '/bias', key + '.bias')
-
-
-def norm(r: common.Reader, key: str, ours: str):
-  r.put(ours + '/scale', key + '.weight')
-  r.put(ours + '/bias', key + '.bias')
-
-
 def _norms_and_scales(r: common.Reader, s: str, o: str):
   norm(r, s + 'norm1', o + 'norm1')
   norm(r, s + 'norm2', o + 'norm2')
@@ -251,7 +232,6 @@ def load(directory) -> tuple[dict, str, dict, dict | None]:
   config = read_config(directory)
   arch = architecture(config, directory)
   fields, method = vit_config(arch, config, directory)
-  from stitchjax.vit import ViTConfig
   try:
     cfg = ViTConfig(**fields)
   except ValueError as e:
@@ -353,9 +333,6 @@ def _state_dict(cfg, params) -> dict:
 def save(directory, cfg, params, processor_config: dict | None = None) -> None:
   """Writes `params` as a transformers directory (config.json, model.safetensors, preprocessor_config.json)
   that transformers' `from_pretrained` and `load` both read; atomically, and verified by reading it back."""
-  import safetensors.numpy
-
-  from stitchjax import atomic, vit
   directory = pathlib.Path(directory)
   with atomic.directory(directory) as tmp:
     (tmp / 'config.json').write_text(json.dumps(_hf_config(cfg), indent=2))
@@ -364,7 +341,7 @@ def save(directory, cfg, params, processor_config: dict | None = None) -> None:
     if processor_config is not None:
       (tmp / 'preprocessor_config.json').write_text(json.dumps(processor_config, indent=2))
     fields, _, back, _ = load(tmp)
-    same_config = vit.ViTConfig(**fields) == dataclasses.replace(cfg, dtype='float32', remat=False)
+    same_config = ViTConfig(**fields) == dataclasses.replace(cfg, dtype='float32', remat=False)
     back, want = common.flat_paths(back), common.flat_paths(params)
     if not same_config or back.keys() != want.keys() or not all(np.array_equal(back[k], want[k]) for k in want):
       raise CheckpointError(f'{directory}: the written checkpoint does not read back as the given model')

@@ -19,6 +19,8 @@ agrees with torch's float32 arithmetic to rounding.
 import numpy as np
 import scipy.ndimage
 
+from stitchjax.preprocess import antialias_resize
+
 METHODS = ('bicubic', 'bicubic_offset', 'bicubic_aa', 'bilinear_aa', 'zoom')
 
 
@@ -56,7 +58,7 @@ def resample_grid(grid: np.ndarray, new: int, method: str) -> np.ndarray:
   if method == 'zoom':
     return scipy.ndimage.zoom(grid, (new / old, new / old, 1), order=1)
   if method.endswith('_aa'):
-    from stitchjax.preprocess import antialias_resize  # the same aten kernel the DINOv3 processor resizes with
+    # the same aten kernel the DINOv3 processor resizes with
     return antialias_resize(grid.astype(np.float32), new, new, method[:-3])
   scale = old / (new + 0.1) if method == 'bicubic_offset' else old / new
   m = bicubic_matrix(old, new, scale)

@@ -9,11 +9,22 @@ Implements "Revisiting Model Stitching in the Foundation Model Era" (CVPR 2026).
 
 See docs/api.md.
 """
-from stitchjax.backbone import Backbone, load_backbone, save_backbone
-from stitchjax.export import load_stitched
-from stitchjax.model import StitchedModel, stitch
-from stitchjax.objectives import fit
-from stitchjax.vit import ViTConfig
+import importlib
 
-__all__ = ['Backbone', 'StitchedModel', 'ViTConfig', 'fit', 'load_backbone', 'load_stitched', 'save_backbone',
-           'stitch']
+# Public name -> the module that defines it, imported on first use. The converters (convert/) build on
+# stitchjax.vit while stitchjax.backbone loads through them: importing either package first must not
+# run the other's half-initialised __init__, so this one imports nothing eagerly.
+_PUBLIC = {'Backbone': 'backbone', 'load_backbone': 'backbone', 'save_backbone': 'backbone',
+           'load_stitched': 'export', 'StitchedModel': 'model', 'stitch': 'model', 'fit': 'objectives',
+           'ViTConfig': 'vit'}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+  if name in _PUBLIC:
+    return getattr(importlib.import_module(f'stitchjax.{_PUBLIC[name]}'), name)
+  raise AttributeError(f'module stitchjax has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_PUBLIC))

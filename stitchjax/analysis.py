@@ -22,8 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from stitchjax import atomic
-from stitchjax.protocol import Cell
-from stitchjax.report import PAIR_ARROW, _layers, _pct, _routes, _table, _test_acc, distances_table, table2, table4
+from stitchjax import records as rec
+from stitchjax.records import Cell
+from stitchjax.report import distances_table, table2, table4
 
 # (source self-stitch, target self-stitch, stitched) right (R) or wrong (W): the six non-trivial
 # columns of Table 12. The paper orders its rows by model (DINOv2 first); here they are by role, so
@@ -72,24 +73,23 @@ def table12(records, predictions: dict[str, np.ndarray], labels: np.ndarray, sti
   baselines (same method, layer and stitch layer) have test predictions; `predictions` maps Cell.id."""
   rows = []
   for method in ('ffm_tlt', 'tlt', 'ffm', 'lfm'):  # the paper's analysis is of FFM→TLT
-    acc = _test_acc(records, method=method, stitch_layer=stitch_layer)
-    for s, t in [r for r in _routes(records) if r[0] != r[1]]:
-      for layer in _layers(records):
+    acc = rec.test_values(records, method=method, stitch_layer=stitch_layer)
+    for s, t in [r for r in rec.routes(records) if r[0] != r[1]]:
+      for layer in rec.layers(records):
         routes = ((s, s), (t, t), (s, t))
         if not all((*route, layer) in acc for route in routes):
           continue
         preds = [predictions[Cell(*route, layer, method, stitch_layer).id] for route in routes]
         c = prediction_analysis(labels, *preds)
-        rows.append([f'{s}{PAIR_ARROW}{t}', method, f'L{layer}']
+        rows.append([f'{s}{rec.PAIR_ARROW}{t}', method, f'L{layer}']
                     + [str(c[p]) for p in PRESERVE + RESCUE + INTERFERENCE + TRIVIAL]
                     + [str(c[k]) for k in ('preserve', 'rescue', 'interference', 'follows_source', 'follows_target',
                                            'label_follows_source', 'label_follows_target', 'label_follows_neither')]
-                    + [_pct(acc[(*route, layer)]) for route in routes])
-  return _table(f'Table 12: prediction analysis against the self-stitched baselines ({stitch_layer}, test)',
-                ['pair', 'method', 'layer'] + list(PRESERVE + RESCUE + INTERFERENCE + TRIVIAL)
-                + ['preserve', 'rescue', 'interference', 'follows source', 'follows target',
-                   'label: source', 'label: target', 'label: neither', 'acc source self', 'acc target self',
-                   'acc stitched'], rows)
+                    + [rec.pct(acc[(*route, layer)]) for route in routes])
+  header = (['pair', 'method', 'layer'] + list(PRESERVE + RESCUE + INTERFERENCE + TRIVIAL)
+            + ['preserve', 'rescue', 'interference', 'follows source', 'follows target', 'label: source',
+               'label: target', 'label: neither', 'acc source self', 'acc target self', 'acc stitched'])
+  return rec.table(header, rows, f'Table 12: prediction analysis against the self-stitched baselines ({stitch_layer}, test)')
 
 
 # Figures. Each returns a matplotlib Figure (None when the records hold nothing to plot); a panel is
@@ -137,16 +137,16 @@ def _figure(grid, ylabel: str, log: bool = False, sharey: bool = False) -> Figur
 
 
 def _cross_routes(records) -> list[tuple[str, str]]:
-  return [r for r in _routes(records) if r[0] != r[1]]
+  return [r for r in rec.routes(records) if r[0] != r[1]]
 
 
 def _probes(records, *backbones) -> dict[str, float]:
-  lp = {s: 100 * v for (s, _, _), v in _test_acc(records, method='lp').items()}
+  lp = {s: 100 * v for (s, _, _), v in rec.test_values(records, method='lp').items()}
   return {b: lp[b] for b in dict.fromkeys(backbones) if b in lp}
 
 
 def _accuracy(records, method: str, stitch_layer: str) -> dict:
-  return {k: 100 * v for k, v in _test_acc(records, method=method, stitch_layer=stitch_layer).items()}
+  return {k: 100 * v for k, v in rec.test_values(records, method=method, stitch_layer=stitch_layer).items()}
 
 
 def figure2(records, stitch_layer: str) -> Figure | None:
@@ -154,7 +154,7 @@ def figure2(records, stitch_layer: str) -> Figure | None:
   dist = {(m, d): {(r['source'], r['target'], r['layer']): r['value'] for r in records
                    if (r['method'], r['metric'], r['stitch_layer']) == (m, d, stitch_layer)}
           for m in ('lfm', 'ffm') for d in ('layer_distance', 'final_distance')}
-  panels = [(f'{s}{PAIR_ARROW}{t} ({stitch_layer})',
+  panels = [(f'{s}{rec.PAIR_ARROW}{t} ({stitch_layer})',
              [(f'{m.upper()} {where}', style, _points(dist[(m, d)], (s, t)))
               for m, color in (('lfm', 'C0'), ('ffm', 'C1'))
               for d, where, style in (('layer_distance', 'at stitch point', f'-o{color}'),
@@ -169,7 +169,7 @@ def figure2(records, stitch_layer: str) -> Figure | None:
 def _accuracy_figure(records, stitch_layer: str, methods: dict[str, str]) -> Figure | None:
   """Test accuracy per stitch layer of each cross pair for `methods` {method: label}, with the probes."""
   acc = {m: _accuracy(records, m, stitch_layer) for m in methods}
-  panels = [(f'{s}{PAIR_ARROW}{t} ({stitch_layer})',
+  panels = [(f'{s}{rec.PAIR_ARROW}{t} ({stitch_layer})',
              [(label, '-o', _points(acc[m], (s, t))) for m, label in methods.items()], _probes(records, s, t))
             for s, t in _cross_routes(records)]
   panels = [p for p in panels if any(pts for _, _, pts in p[1])]
@@ -189,11 +189,11 @@ def figure4(records, stitch_layer: str) -> Figure | None:
 def _stitched_vs_self(acc: dict, lp_records, s: str, t: str, stitch_layer: str):
   """The Figure 5 panel of s→t: stitched, both self-stitches and both probes; None when nothing was run."""
   routes = list(dict.fromkeys([(s, t), (s, s), (t, t)]))  # one route on the diagonal (s = t)
-  lines = [(f'{a}{PAIR_ARROW}{b}' + (' (self)' if a == b else ''), style, _points(acc, (a, b)))
+  lines = [(f'{a}{rec.PAIR_ARROW}{b}' + (' (self)' if a == b else ''), style, _points(acc, (a, b)))
            for (a, b), style in zip(routes, ('-o', ':x', ':+'))]
   if not _points(acc, (s, t)):
     return None
-  return f'{s}{PAIR_ARROW}{t} ({stitch_layer})', lines, _probes(lp_records, s, t)
+  return f'{s}{rec.PAIR_ARROW}{t} ({stitch_layer})', lines, _probes(lp_records, s, t)
 
 
 def figure5(records, stitch_layer: str, method: str = 'ffm_tlt') -> Figure | None:
@@ -208,7 +208,7 @@ def figure6(records, stitch_layer: str, method: str = 'ffm_tlt') -> Figure | Non
   if not _cross_routes(records):
     return None
   acc = _accuracy(records, method, stitch_layer)
-  backbones = list(dict.fromkeys(b for route in _routes(records) for b in route))
+  backbones = list(dict.fromkeys(b for route in rec.routes(records) for b in route))
   grid = [[_stitched_vs_self(acc, records, s, t, stitch_layer) for t in backbones] for s in backbones]
   return _figure(grid, f'test accuracy (%), {method}', sharey=True)
 
@@ -234,7 +234,7 @@ def _load_predictions(workdir: pathlib.Path, records) -> tuple[np.ndarray | None
   labels = np.load(labels_path)
   out = {}
   for r in scored:
-    cell = Cell(r['source'], r['target'], r['layer'], r['method'], r['stitch_layer'])
+    cell = Cell.of(r)
     path = workdir / 'cells' / cell.id / 'test_predictions.npy'
     if not path.exists():
       raise FileNotFoundError(f'{path} is missing: results.json records a test accuracy for cell {cell.id}, '

@@ -11,6 +11,7 @@ import dataclasses
 import pathlib
 
 from stitchjax import backbone, data, protocol, vit
+from stitchjax.records import Cell
 from convert.common import CheckpointError
 
 CACHE_BYTES_PER_VALUE = 2  # the feature cache stores bfloat16 (features.Cache)
@@ -34,7 +35,7 @@ def describe(name: str, spec) -> vit.ViTConfig:
   return backbone.describe(path, image_size=spec.get('image_size'))
 
 
-def units(cell: protocol.Cell) -> list[str]:
+def units(cell: Cell) -> list[str]:
   """The training units of a cell as protocol.Runner names them (ffm_tlt shares its ffm cell's matching)."""
   if cell.method == 'lp':
     return [cell.id]

@@ -42,28 +42,10 @@ from stitchjax import atomic, distributed, export, features, metrics, objectives
 from stitchjax import stitch_layers as stitch_lib
 from stitchjax.backbone import load_backbone
 from stitchjax.model import TASKS, head_init
+from stitchjax.records import FIELDS, Cell
 from stitchjax.model import stitch as stitch_model
 
 METHODS = ('lp', 'lfm', 'ffm', 'tlt', 'ffm_tlt')
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  source: str
-  target: str
-  layer: int | None
-  method: str
-  stitch_layer: str | None
-
-  @property
-  def id(self) -> str:
-    if self.method == 'lp':
-      return f'lp__{self.source}'
-    return f'{self.source}__{self.target}__L{self.layer}__{self.method}__{self.stitch_layer}'
-
-  def record(self, split: str, metric: str, value: float, **extra) -> dict:
-    return {'source': self.source, 'target': self.target, 'layer': self.layer, 'method': self.method,
-            'stitch_layer': self.stitch_layer, 'split': split, 'metric': metric, 'value': float(value), **extra}
 
 
 def as_list(value) -> list:
@@ -491,8 +473,8 @@ def run(config) -> list[dict]:
     for name in runner.backbones:
       for split in ('train', 'val', 'test'):
         runner.feats(name, split)
-    records = [{'source': None, 'target': None, 'layer': None, 'method': None, 'stitch_layer': None, 'split': name,
-                'metric': 'skipped_images', 'value': float(n)} for name, n in runner.skipped.items()]
+    records = [dict.fromkeys(FIELDS[:5]) | {'split': name, 'metric': 'skipped_images', 'value': float(n)}
+               for name, n in runner.skipped.items()]
     cells = expand(config)
     for i, cell in enumerate(distributed.progress(cells, desc='cells', unit='cell')):
       records += runner.run(cell)

@@ -7,104 +7,62 @@ import json
 import pathlib
 
 from stitchjax import atomic
-
-PAIR_ARROW = '→'
-
-
-def _test_acc(records, metric: str = 'accuracy', **match) -> dict:
-  """(source, target, layer) -> test `metric` of the records matching `match`."""
-  return {(r['source'], r['target'], r['layer']): r['value'] for r in records
-          if r['split'] == 'test' and r['metric'] == metric and all(r.get(k) == v for k, v in match.items())}
-
-
-METRIC_NAMES = {'accuracy': 'accuracy', 'miou': 'mIoU'}
-
-
-def _metric(records) -> str:
-  """A workdir's test metric: 'miou' for segmentation (Table 2's ADE20K column), else 'accuracy'."""
-  return 'miou' if any(r['metric'] == 'miou' for r in records) else 'accuracy'
-
-
-def _metric_name(records) -> str:
-  return METRIC_NAMES[_metric(records)]
-
-
-def _scores(records, **match) -> dict:
-  """_test_acc of the workdir's own test metric."""
-  return _test_acc(records, _metric(records), **match)
-
-
-def _layers(records) -> list[int]:
-  return sorted({r['layer'] for r in records if r['layer'] is not None})
-
-
-def _pct(v) -> str:
-  return '–' if v is None else f'{100 * v:.1f}'
-
-
-def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
-  lines = [f'### {title}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
-  return '\n'.join(lines) + '\n'
-
-
-def _routes(records) -> list[tuple[str, str]]:
-  seen = [(r['source'], r['target']) for r in records if r['layer'] is not None]
-  return list(dict.fromkeys(seen))
+from stitchjax import records as rec
 
 
 def table1(records, stitch_layer: str) -> str:
   """TLT from a random stitch (init None) against TLT from the FFM stitch, per layer."""
-  layers = _layers(records)
+  layers = rec.layers(records)
   rows = []
-  for s, t in _routes(records):
+  for s, t in rec.routes(records):
     for init, method in (('None', 'tlt'), ('FFM', 'ffm_tlt')):
-      acc = _scores(records, method=method, stitch_layer=stitch_layer)
+      acc = rec.scores(records, method=method, stitch_layer=stitch_layer)
       if any((s, t, l) in acc for l in layers):
-        rows.append([f'{s}{PAIR_ARROW}{t}', init] + [_pct(acc.get((s, t, l))) for l in layers])
-  return _table(f'Table 1: task-loss training with and without FFM initialisation ({stitch_layer}), '
-                f'test {_metric_name(records)} %',
-                ['pair', 'init'] + [f'L{l}' for l in layers], rows)
+        rows.append([f'{s}{rec.PAIR_ARROW}{t}', init] + [rec.pct(acc.get((s, t, l))) for l in layers])
+  return rec.table(['pair', 'init'] + [f'L{l}' for l in layers], rows,
+                   f'Table 1: task-loss training with and without FFM initialisation ({stitch_layer}), '
+                   f'test {rec.metric_name(records)} %')
 
 
 def table2(records, stitch_layer: str, method: str = 'ffm_tlt') -> str:
   """Stitched against self-stitched models per layer, with each backbone's linear probe."""
-  layers = _layers(records)
-  acc = _scores(records, method=method, stitch_layer=stitch_layer)
-  lp = _scores(records, method='lp')
-  rows = [[f'{s}{PAIR_ARROW}{t}' + (' (self)' if s == t else '')] + [_pct(acc.get((s, t, l))) for l in layers]
-          for s, t in _routes(records) if any((s, t, l) in acc for l in layers)]
-  rows += [[f'{s} linear probe'] + [_pct(v)] * len(layers) for (s, _, _), v in lp.items()]
-  return _table(f'Table 2: stitched vs self-stitched ({method}, {stitch_layer}), test {_metric_name(records)} %',
-                ['model'] + [f'L{l}' for l in layers], rows)
+  layers = rec.layers(records)
+  acc = rec.scores(records, method=method, stitch_layer=stitch_layer)
+  lp = rec.scores(records, method='lp')
+  rows = [[f'{s}{rec.PAIR_ARROW}{t}' + (' (self)' if s == t else '')] + [rec.pct(acc.get((s, t, l))) for l in layers]
+          for s, t in rec.routes(records) if any((s, t, l) in acc for l in layers)]
+  rows += [[f'{s} linear probe'] + [rec.pct(v)] * len(layers) for (s, _, _), v in lp.items()]
+  return rec.table(['model'] + [f'L{l}' for l in layers], rows,
+                   f'Table 2: stitched vs self-stitched ({method}, {stitch_layer}), '
+                   f'test {rec.metric_name(records)} %')
 
 
 def table4(records, stitch_layer: str) -> str:
   """Layer against final feature matching: linear-probe accuracy of the stitched model per layer."""
-  layers = _layers(records)
+  layers = rec.layers(records)
   rows = []
   for method, name in (('lfm', 'Layer Feature Matching'), ('ffm', 'Final Feature Matching')):
-    acc = _scores(records, method=method, stitch_layer=stitch_layer)
-    rows += [[name, f'{s}{PAIR_ARROW}{t}'] + [_pct(acc.get((s, t, l))) for l in layers]
-             for s, t in _routes(records) if any((s, t, l) in acc for l in layers)]
-  return _table(f'Table 4: LFM vs FFM, linear probe of the stitched model ({stitch_layer}), '
-                f'test {_metric_name(records)} %',
-                ['method', 'pair'] + [f'L{l}' for l in layers], rows)
+    acc = rec.scores(records, method=method, stitch_layer=stitch_layer)
+    rows += [[name, f'{s}{rec.PAIR_ARROW}{t}'] + [rec.pct(acc.get((s, t, l))) for l in layers]
+             for s, t in rec.routes(records) if any((s, t, l) in acc for l in layers)]
+  return rec.table(['method', 'pair'] + [f'L{l}' for l in layers], rows,
+                   f'Table 4: LFM vs FFM, linear probe of the stitched model ({stitch_layer}), '
+                   f'test {rec.metric_name(records)} %')
 
 
 def distances_table(records, stitch_layer: str) -> str:
   """The paper's Figure 2 as numbers: mean feature distance at the stitch point and at the final layer."""
-  layers = _layers(records)
+  layers = rec.layers(records)
   rows = []
   for method in ('lfm', 'ffm'):
     for metric in ('layer_distance', 'final_distance'):
       vals = {(r['source'], r['target'], r['layer']): r['value'] for r in records
               if r['method'] == method and r['metric'] == metric and r['stitch_layer'] == stitch_layer}
-      rows += [[method.upper(), metric.replace('_', ' '), f'{s}{PAIR_ARROW}{t}']
+      rows += [[method.upper(), metric.replace('_', ' '), f'{s}{rec.PAIR_ARROW}{t}']
                + [f'{vals[(s, t, l)]:.3g}' if (s, t, l) in vals else '–' for l in layers]
-               for s, t in _routes(records) if any((s, t, l) in vals for l in layers)]
-  return _table(f'Figure 2: feature distances on the test split ({stitch_layer})',
-                ['method', 'distance', 'pair'] + [f'L{l}' for l in layers], rows)
+               for s, t in rec.routes(records) if any((s, t, l) in vals for l in layers)]
+  return rec.table(['method', 'distance', 'pair'] + [f'L{l}' for l in layers], rows,
+                   f'Figure 2: feature distances on the test split ({stitch_layer})')
 
 
 def plot(records, path: pathlib.Path, stitch_layer: str) -> None:
@@ -112,24 +70,24 @@ def plot(records, path: pathlib.Path, stitch_layer: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  routes = [r for r in _routes(records) if r[0] != r[1]] or _routes(records)
+  routes = [r for r in rec.routes(records) if r[0] != r[1]] or rec.routes(records)
   if not routes:
     return
   fig, axes = plt.subplots(1, len(routes), figsize=(4.5 * len(routes), 3.6), squeeze=False)
-  lp = _scores(records, method='lp')
+  lp = rec.scores(records, method='lp')
   for ax, (s, t) in zip(axes[0], routes):
     for method in ('lfm', 'ffm', 'tlt', 'ffm_tlt'):
       for route, style in (((s, t), '-o'), ((t, t), ':x')):
-        acc = _scores(records, method=method, stitch_layer=stitch_layer)
+        acc = rec.scores(records, method=method, stitch_layer=stitch_layer)
         pts = sorted((l, 100 * v) for (a, b, l), v in acc.items() if (a, b) == route)
         if pts:
-          label = method if route == (s, t) else f'{method} self ({t}{PAIR_ARROW}{t})'
+          label = method if route == (s, t) else f'{method} self ({t}{rec.PAIR_ARROW}{t})'
           ax.plot(*zip(*pts), style, label=label)
     for (b, _, _), v in lp.items():
       if b in (s, t):
         ax.axhline(100 * v, ls='--', lw=1, color='gray' if b == s else 'black', label=f'{b} linear probe')
-    ax.set(title=f'{s}{PAIR_ARROW}{t} ({stitch_layer})', xlabel='stitch layer',
-           ylabel=f'test {_metric_name(records)} (%)')
+    ax.set(title=f'{s}{rec.PAIR_ARROW}{t} ({stitch_layer})', xlabel='stitch layer',
+           ylabel=f'test {rec.metric_name(records)} (%)')
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -156,17 +114,17 @@ def write(workdir, context: str | None = None) -> str:
 
 def summary_table(records, stitch_layer: str) -> str:
   """One screen: test accuracy for every route and method per layer, and the linear probes."""
-  layers = _layers(records)
+  layers = rec.layers(records)
   rows = []
-  for s, t in _routes(records):
+  for s, t in rec.routes(records):
     for method in ('ffm_tlt', 'tlt', 'ffm', 'lfm'):
-      acc = _scores(records, method=method, stitch_layer=stitch_layer)
+      acc = rec.scores(records, method=method, stitch_layer=stitch_layer)
       if any((s, t, l) in acc for l in layers):
-        rows.append([f'{s}{PAIR_ARROW}{t}' + (' (self)' if s == t else ''), method]
-                    + [_pct(acc.get((s, t, l))) for l in layers])
-  rows += [[f'{s} alone', 'lp'] + [_pct(v)] * len(layers) for (s, _, _), v in _scores(records, method='lp').items()]
-  return _table(f'Test {_metric_name(records)} % ({stitch_layer})', ['model', 'method'] + [f'L{l}' for l in layers],
-                rows)
+        rows.append([f'{s}{rec.PAIR_ARROW}{t}' + (' (self)' if s == t else ''), method]
+                    + [rec.pct(acc.get((s, t, l))) for l in layers])
+  rows += [[f'{s} alone', 'lp'] + [rec.pct(v)] * len(layers) for (s, _, _), v in rec.scores(records, method='lp').items()]
+  return rec.table(['model', 'method'] + [f'L{l}' for l in layers], rows,
+                   f'Test {rec.metric_name(records)} % ({stitch_layer})')
 
 
 def _se(p: float, n: int) -> float:
@@ -177,20 +135,20 @@ def findings(records, stitch_layer: str, context: str | None = None) -> str:
   """report.md: what the run's numbers show, each claim counted over the layers measured, with standard
   errors where the metric has them (accuracy: binomial over the n test examples; mIoU pools pixels over
   the split and has none here), and what they do not show."""
-  layers = _layers(records)
-  metric = _metric(records)
+  layers = rec.layers(records)
+  metric = rec.task_metric(records)
   n = max((r.get('n', 0) for r in records if r['metric'] == metric and r['split'] == 'test'), default=0)
   se = (lambda p: _se(p, n)) if metric == 'accuracy' else (lambda p: 0.0)
-  acc = {m: _scores(records, method=m, stitch_layer=stitch_layer) for m in ('lfm', 'ffm', 'tlt', 'ffm_tlt')}
-  lp = {s: v for (s, _, _), v in _scores(records, method='lp').items()}
+  acc = {m: rec.scores(records, method=m, stitch_layer=stitch_layer) for m in ('lfm', 'ffm', 'tlt', 'ffm_tlt')}
+  lp = {s: v for (s, _, _), v in rec.scores(records, method='lp').items()}
   dist = {(r['method'], r['metric'], r['source'], r['target'], r['layer']): r['value'] for r in records
           if r['metric'] in ('layer_distance', 'final_distance') and r['stitch_layer'] == stitch_layer}
-  cross = [p for p in _routes(records) if p[0] != p[1]]
+  cross = [p for p in rec.routes(records) if p[0] != p[1]]
   margin = 'by more than two standard errors' if metric == 'accuracy' else '(mIoU: no standard error)'
   lines = ['# What the run shows', '']
   if context:
     lines += [context, '']
-  lines += [f'Test {METRIC_NAMES[metric]} over n = {n} test examples, stitch layer `{stitch_layer}`, stitch points '
+  lines += [f'Test {rec.METRIC_NAMES[metric]} over n = {n} test examples, stitch layer `{stitch_layer}`, stitch points '
             f'{", ".join(f"L{l}" for l in layers)}.' + (
                 f' One standard error is about {100 * _se(0.8, n):.1f} points at 80% accuracy; a difference under two '
                 'standard errors is not distinguishable from noise.' if metric == 'accuracy' else ''), '',
@@ -207,12 +165,12 @@ def findings(records, stitch_layer: str, context: str | None = None) -> str:
         v = acc['ffm_tlt'][(s, t, l)]
         return all(v - acc['ffm_tlt'][(a, a, l)] > 2 * se(v) for a in (s, t))
       c, hits = count(beats, keys)
-      lines.append(f'- **Stitched vs self-stitched ({s}{PAIR_ARROW}{t}, FFM→TLT):** beats both self-stitches {margin} '
+      lines.append(f'- **Stitched vs self-stitched ({s}{rec.PAIR_ARROW}{t}, FFM→TLT):** beats both self-stitches {margin} '
                    f'at {c} layers{" (L" + ", L".join(map(str, hits)) + ")" if hits else ""}.')
     keys = [l for l in layers if ('ffm', 'final_distance', s, t, l) in dist and ('lfm', 'final_distance', s, t, l) in dist]
     if keys:
       c, _ = count(lambda l: dist[('ffm', 'final_distance', s, t, l)] < dist[('lfm', 'final_distance', s, t, l)], keys)
-      lines.append(f'- **FFM vs LFM ({s}{PAIR_ARROW}{t}):** FFM reaches the smaller final-feature distance at {c} '
+      lines.append(f'- **FFM vs LFM ({s}{rec.PAIR_ARROW}{t}):** FFM reaches the smaller final-feature distance at {c} '
                    f'layers (at L{keys[0]}: {dist[("ffm", "final_distance", s, t, keys[0])]:.3g} vs '
                    f'{dist[("lfm", "final_distance", s, t, keys[0])]:.3g}).')
       c, _ = count(lambda l: dist[('lfm', 'layer_distance', s, t, l)] < dist[('ffm', 'layer_distance', s, t, l)],
@@ -226,13 +184,13 @@ def findings(records, stitch_layer: str, context: str | None = None) -> str:
     if keys:
       diffs = {l: acc['ffm_tlt'][(s, t, l)] - acc['tlt'][(s, t, l)] for l in keys}
       c, _ = count(lambda l: diffs[l] > 0, keys)
-      lines.append(f'- **FFM initialisation for TLT ({s}{PAIR_ARROW}{t}):** FFM→TLT is ahead of TLT from a random stitch '
+      lines.append(f'- **FFM initialisation for TLT ({s}{rec.PAIR_ARROW}{t}):** FFM→TLT is ahead of TLT from a random stitch '
                    f'at {c} layers; at the shallowest, L{keys[0]}, by {100 * diffs[keys[0]]:+.1f} points.')
     best = max(((v, l) for (a, b, l), v in acc['ffm_tlt'].items() if (a, b) == (s, t)), default=None)
     if best is not None and s in lp and t in lp:
       above = [b for b in (s, t) if best[0] - lp[b] > 2 * se(best[0])]
-      lines.append(f'- **Against linear probes ({s}{PAIR_ARROW}{t}):** the best stitched model (L{best[1]}) reaches '
-                   f'{_pct(best[0])}% against {_pct(lp[s])}% ({s}) and {_pct(lp[t])}% ({t}); above '
+      lines.append(f'- **Against linear probes ({s}{rec.PAIR_ARROW}{t}):** the best stitched model (L{best[1]}) reaches '
+                   f'{rec.pct(best[0])}% against {rec.pct(lp[s])}% ({s}) and {rec.pct(lp[t])}% ({t}); above '
                    f'{" and ".join(above) if above else "neither"} {margin}.')
   lines += ['', '## What it does not show', '',
             '- Robustness across seeds: every number comes from one seed.',

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from stitchjax import analysis, config_lib, experiment, protocol, report
-from stitchjax.protocol import Cell
+from stitchjax import analysis, config_lib, experiment, protocol
+from stitchjax import records as records_lib
+from stitchjax.records import Cell
 
 K = 5  # classes
 
@@ -116,7 +117,7 @@ def test_write_draws_every_figure(tmp_path):
 
 def test_figures_plot_the_records(tmp_path):
   records = json.loads((_workdir(tmp_path) / 'results.json').read_text())
-  acc = report._test_acc(records, method='ffm_tlt', stitch_layer='mlp')
+  acc = records_lib.test_values(records, method='ffm_tlt', stitch_layer='mlp')
   ax = analysis.figure5(records, 'mlp').axes[0]  # a→b
   lines = {line.get_label(): line for line in ax.get_lines()}
   assert set(lines) >= {'a→b', 'a→a (self)', 'b→b (self)', 'a linear probe', 'b linear probe'}

@@ -9,7 +9,7 @@ import pytest
 
 import hf_models as H
 import stitchjax
-from stitchjax import mini, objectives, vit
+from stitchjax import mini, objectives
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

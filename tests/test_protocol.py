@@ -10,7 +10,7 @@ import pytest
 
 import hf_models as H
 from stitchjax import config_lib, experiment, load_stitched, protocol, train
-from stitchjax import report as report_lib
+from stitchjax.records import PAIR_ARROW
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
@@ -130,7 +130,7 @@ def test_every_run_gets_a_report_of_what_it_measured(setup):
   report = (pathlib.Path(config.workdir) / 'report.md').read_text()
   assert report.startswith('# What the run shows') and 'demo' not in report and 'mini' not in report
   assert 'over n = 12 test examples' in report  # 4 images of each of the 3 classes
-  route = f'dinov2{report_lib.PAIR_ARROW}siglip'
+  route = f'dinov2{PAIR_ARROW}siglip'
   for claim in (f'Stitched vs self-stitched ({route}, FFM→TLT):** beats both self-stitches by more than two standard '
                 'errors at ', f'FFM vs LFM ({route}):** FFM reaches the smaller final-feature distance at ',
                 'LFM reaches the smaller distance at the stitch point at ', f'Against linear probes ({route}):**'):
