@@ -16,8 +16,8 @@ def main(argv):
   if _CONFIG.value.get('distributed'):  # one process per host or GPU node: stitchjax/distributed.py
     from stitchjax import distributed
     distributed.initialize(_CONFIG.value)
-  from stitchjax import experiment
-  experiment.run(_CONFIG.value)
+  from stitchjax import jobs
+  jobs.run(_CONFIG.value)
 
 
 if __name__ == '__main__':

@@ -60,8 +60,7 @@ class Backbone:
 
   def forward(self, params, images):
     """The uninterrupted model: (final tokens (B,T,D), pooled (B,D) or None)."""
-    tokens = self.final(params, self.blocks(params, self.embed(params, images), 0, self.config.depth))
-    return tokens, (None if self.config.pool == 'none' else self.pool(params, tokens))
+    return vit.forward(self.config, params, images)
 
 
 # Small seeded-random layouts for 'init:<family>' paths: plumbing checks, never presented as VFMs.
@@ -83,6 +82,16 @@ def init_layout(name: str, path: str, image_size: int | None) -> vit.ViTConfig:
   if family not in INIT_LAYOUTS:
     raise ValueError(f'backbones.{name}.path={path!r}: unknown layout; expected init:{{{",".join(INIT_LAYOUTS)}}}')
   return vit.ViTConfig(**INIT_LAYOUTS[family], image_size=image_size or 224)
+
+
+def configured(name: str, spec, seed: int) -> Backbone:
+  """A configured backbone: any path load_backbone accepts, or 'init:<family>' for a seeded random layout."""
+  path = str(spec.path)
+  if not path.startswith('init:'):
+    return load_backbone(path, image_size=spec.get('image_size'))
+  cfg = init_layout(name, path, spec.get('image_size'))
+  return Backbone(cfg, vit.init_params(cfg, jax.random.key(seed)),
+                  preprocess_lib.for_family(cfg.family, cfg.image_size))
 
 
 def _dtype_name(dtype) -> str:

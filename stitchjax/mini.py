@@ -17,10 +17,8 @@ RECORD = config_lib.MINI_DIR / 'probe.json'
 
 
 def _pooled(bb, split) -> np.ndarray:
-  feats = [np.asarray(bb.pool(bb.params, bb.final(bb.params, bb.blocks(bb.params, bb.embed(bb.params, x), 0,
-                                                                        bb.config.depth))))
-           for x, _, _ in data.batches(split, bb.preprocess, 256, shuffle=False, seed=0)]
-  return np.concatenate(feats)
+  return np.concatenate([np.asarray(bb.forward(bb.params, x)[1])
+                         for x, _, _ in data.batches(split, bb.preprocess, 256, shuffle=False, seed=0)])
 
 
 def reference_probe(path) -> float:

@@ -1,6 +1,5 @@
-"""The plan job: what a stitching config would run, checked and costed before anything is computed.
-
-    python run.py --config configs/fmow.py --config.job=plan
+"""What a stitching config would run, checked and costed before anything is computed (the plan job,
+stitchjax/jobs/plan.py).
 
 It reads each backbone's config, never its weights (backbone.describe), checks the stitch
 layers against every backbone's depth, lists each cell as done, partial or pending in the
@@ -84,25 +83,3 @@ def make(config) -> Plan:
   done = sum((work / u / f'lr_{lr:g}' / 'done.json').exists() for u, lr in all_units)
   return Plan(cells, len(all_units), done, configs, split_sizes,
               cache_bytes(configs, layers, split_sizes) if known else None)
-
-
-def run(config) -> Plan:
-  plan = make(config)
-  for name, cfg in plan.configs.items():
-    print(f'{name}: ' + (f'{cfg.family}, depth {cfg.depth}, dim {cfg.dim}, {cfg.num_tokens} tokens at '
-                         f'{cfg.image_size} px' if isinstance(cfg, vit.ViTConfig) else f'not read ({cfg})'))
-  width = max(map(len, plan.cells))
-  for cell, status in plan.cells.items():
-    print(f'{cell:<{width}}  {status}')
-  count = {s: sum(v == s for v in plan.cells.values()) for s in ('done', 'partial', 'pending')}
-  print(f'{len(plan.cells)} cells ({count["done"]} done, {count["partial"]} partial, {count["pending"]} pending); '
-        f'{plan.units} training units over {len(protocol.typed_list(config, "train.lrs", float))} learning rates, '
-        f'{plan.units - plan.units_done} left')
-  if isinstance(plan.split_sizes, str):
-    print(f'data: not readable here ({plan.split_sizes}); feature cache size unknown')
-  else:
-    print(f'data: {", ".join(f"{n} {k}" for n, k in plan.split_sizes.items())} examples')
-  if plan.cache_bytes is not None:
-    cache = config.get('cache_dir') or pathlib.Path(config.workdir) / 'cache'
-    print(f'feature cache: about {plan.cache_bytes / 2**30:.2f} GiB in {cache}')
-  return plan

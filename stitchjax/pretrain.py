@@ -36,12 +36,8 @@ both `load_backbone` and transformers' `from_pretrained` read, plus a small JSON
 recipe and curves.
 """
 import dataclasses
-import datetime
 import functools
-import json
 import math
-import os
-import pathlib
 import time
 from typing import Any
 
@@ -53,8 +49,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from convert import hf
-from stitchjax import atomic, data, vit
+from stitchjax import data, vit
 
 # The exports' processor config: a square resize to the model's size (the identity at
 # that size) and normalisation by the pretraining images' statistics, filled in by `run`.
@@ -162,12 +157,6 @@ def views(aug: Augment, images_u8, key, mean, std, size: int | None = None):
 # The backbone as a trainable function.
 
 
-def pooled(cfg: vit.ViTConfig, params, images):
-  """Normalised images (B, S, S, 3) -> the backbone's pooled output (B, D), as the export runs it."""
-  tokens = vit.blocks(cfg, params, vit.embed(cfg, params, images), 0, cfg.depth)
-  return vit.pool(cfg, params, vit.final(cfg, params, tokens))
-
-
 def learning_rate(spec, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to spec.lr, then cosine decay to 1% of it."""
   warmup = min(spec.warmup_steps, total_steps - 1)
@@ -236,7 +225,7 @@ def dino_init(cfg: vit.ViTConfig, hp: Dino, key) -> tuple[dict, dict]:
 
 def dino_scores(cfg: vit.ViTConfig, hp: Dino, params, images):
   """Normalised images (B, S, S, 3) -> prototype scores (B, K)."""
-  return DinoHead(hp).apply({'params': params['head']}, pooled(cfg, params['vit'], images))
+  return DinoHead(hp).apply({'params': params['head']}, vit.forward(cfg, params['vit'], images)[1])
 
 
 def at_size(cfg: vit.ViTConfig, params, size: int) -> tuple[vit.ViTConfig, dict]:
@@ -355,7 +344,7 @@ def _unit(x):
 def siglip_logits(cfg: vit.ViTConfig, params, images):
   """Normalised images (B, S, S, 3) -> image-label logits (B, K)."""
   head = params['head']
-  z_img = _unit(pooled(cfg, params['vit'], images) @ head['proj'])
+  z_img = _unit(vit.forward(cfg, params['vit'], images)[1] @ head['proj'])
   return jnp.exp(head['temperature']) * z_img @ _unit(head['labels']).T + head['bias']
 
 
@@ -390,7 +379,7 @@ def features(cfg: vit.ViTConfig, params, images_u8: np.ndarray, norm, batch_size
 
 @functools.partial(jax.jit, static_argnums=0)
 def _pooled_images(cfg: vit.ViTConfig, params, images_u8, norm):
-  return pooled(cfg, params, normalise(to_unit(images_u8), *norm))
+  return vit.forward(cfg, params, normalise(to_unit(images_u8), *norm))[1]
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, temperature: float = 0.07) -> float:
@@ -457,7 +446,7 @@ def _siglip_logits_images(cfg: vit.ViTConfig, params, images_u8, norm):
 # The job.
 
 
-def _images(split: data.Split, size: int) -> np.ndarray:
+def images(split: data.Split, size: int) -> np.ndarray:
   """All images of a split, uint8 (N, size, size, 3); the pretraining pipeline does not resize."""
   images = np.stack([split.image(i) for i in range(len(split))]) if len(split) else np.zeros((0, size, size, 3))
   if images.shape[1:] != (size, size, 3):
@@ -547,53 +536,3 @@ def _log_window(name: str, curves: dict, window: list, step: int, lr: float) -> 
   curves['lr'].append(lr)
   for k, v in mean.items():
     curves.setdefault(k, []).append(round(v, 5))
-
-
-def run(config) -> None:
-  """Job 'pretrain': trains every model in config.models, writes the exports and pretrain_log.json."""
-  out = pathlib.Path(config.out_dir)
-  splits = data.load(config.data).splits
-  probe_data = data.load(config.probe.data)
-  sizes = {spec.vit.image_size for spec in config.models.values()}
-  if len(sizes) != 1:
-    raise ValueError(f'config.models: every model must share one image_size (one processor config), got {sizes}')
-  size = sizes.pop()
-  arrays = lambda split: {'images': _images(split, size), 'labels': np.asarray(split.labels)}
-  pool, val = arrays(splits['train']), arrays(splits['val'])
-  # The probe fits on its train split and is scored on its val split: the test split stays untouched.
-  held_out = {'train': arrays(probe_data.splits['train']), 'test': arrays(probe_data.splits['val'])}
-  mean, std = pixel_stats(pool['images'])
-  proc = processor_config(size, mean, std)
-  print(f'pretraining on {len(pool["images"])} images of {splits["train"].classes}; pixel mean {mean}, std {std}')
-  logs = {}
-  for name, spec in config.models.items():
-    params, logs[name] = train_model(name, spec, pool, val, held_out, (mean, std), config.seed, config.log_every)
-    # The transformers layout: transformers' from_pretrained reads the mini-VFMs as well as load_backbone.
-    hf.save(out / name, vit.ViTConfig(**spec.vit), params, proc)
-    logs[name]['export_bytes'] = sum(f.stat().st_size for f in (out / name).rglob('*') if f.is_file())
-  device = jax.devices()[0]
-  record = {
-      'what': 'stitchjax mini-VFMs: small ViTs pretrained by stitchjax (configs/pretrain_mini.py), not real VFMs',
-      'data': {'pretraining': config.data.to_dict(), 'classes': splits['train'].classes,
-               'images': len(pool['images']), 'pixel_mean': mean, 'pixel_std': std,
-               'probe': config.probe.data.to_dict() | {
-                   'classes': probe_data.classes, 'fit_images': len(held_out['train']['images']),
-                   'scored_images': len(held_out['test']['images'])}},
-      'processor_config': proc, 'seed': config.seed, 'models': logs,
-      'environment': {'jax': jax.__version__, 'device': f'{device.platform}: {device.device_kind}',
-                      'cpu_count': os.cpu_count(),
-                      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')},
-  }
-  text = json.dumps(record, indent=1, default=_jsonable)
-  atomic.write_text(out / 'pretrain_log.json', text)
-  atomic.write_text(pathlib.Path(config.workdir) / 'pretrain_log.json', text)
-  for name, log in logs.items():
-    first, last = ({k: v[i] for k, v in log['probe'].items()} for i in (0, -1))
-    print(f'{name}: {log["steps"]} steps in {log["wall_seconds"]} s, final loss {log["final_loss"]}; held-out '
-          f'classes, random init -> trained: linear probe {first["linear_probe_accuracy"]} -> '
-          f'{last["linear_probe_accuracy"]}, k-NN {first["knn_accuracy"]} -> {last["knn_accuracy"]}; '
-          f'{out / name} ({log["export_bytes"]} bytes)')
-
-
-def _jsonable(x):
-  return list(x) if isinstance(x, tuple) else x.tolist() if hasattr(x, 'tolist') else str(x)

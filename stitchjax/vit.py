@@ -340,3 +340,9 @@ def pool(cfg: ViTConfig, params, final_tokens):
   if cfg.pool == 'cls':
     return final_tokens[:, 0]
   raise ValueError(f'this {cfg.family} backbone has no pooler (pool="none", e.g. SigLIP without its head)')
+
+
+def forward(cfg: ViTConfig, params, images):
+  """The uninterrupted model, the one full forward everyone runs: (final tokens (B,T,D), pooled (B,D) or None)."""
+  tokens = final(cfg, params, blocks(cfg, params, embed(cfg, params, images), 0, cfg.depth))
+  return tokens, (None if cfg.pool == 'none' else pool(cfg, params, tokens))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from stitchjax import analysis, config_lib, experiment, protocol
+from stitchjax import analysis, config_lib, jobs, protocol
 from stitchjax import records as records_lib
 from stitchjax.records import Cell
 
@@ -188,7 +188,7 @@ def test_analysis_only_trains_nothing(tmp_path, monkeypatch):
   work = _workdir(tmp_path)
   monkeypatch.setattr(protocol, 'run', lambda *a, **k: pytest.fail('analysis_only ran the protocol'))
   monkeypatch.setattr(protocol, 'Runner', lambda *a, **k: pytest.fail('analysis_only built a Runner'))
-  experiment.run(_config(work, analysis_only=True))
+  jobs.run(_config(work, analysis_only=True))
   assert (work / 'analyses.md').exists() and (work / 'figure6_mlp.png').exists()
 
 
@@ -197,5 +197,5 @@ def test_a_stitch_run_writes_the_analyses_at_the_end(tmp_path, monkeypatch):
   work.mkdir()
   # The protocol itself is tested in test_protocol.py; here it leaves a finished workdir behind.
   monkeypatch.setattr(protocol, 'run', lambda config: json.loads((_workdir(work) / 'results.json').read_text()))
-  experiment.run(_config(work, analysis_only=False))
+  jobs.run(_config(work, analysis_only=False))
   assert (work / 'tables.md').exists() and (work / 'analyses.md').exists()

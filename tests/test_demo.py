@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from stitchjax import config_lib, experiment, mini
+from stitchjax import config_lib, jobs, mini
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FASHION = pathlib.Path(mini.PROBE['root'])
@@ -39,7 +39,7 @@ def test_shortened_demo_yields_every_expected_record(tmp_path):
   c.data.limit_per_class = 30
   c.layers = '2,6'
   c.train.epochs, c.train.patience, c.train.lrs = 2, 1, '0.01'
-  experiment.run(c)
+  jobs.run(c)
   work = pathlib.Path(c.workdir)
   records = json.loads((work / 'results.json').read_text())
   have = {(r['source'], r['target'], r['layer'], r['method'], r['split'], r['metric']) for r in records}
@@ -69,7 +69,7 @@ def test_lfm_ends_far_closer_to_the_target_at_the_stitch_point_than_ffm(tmp_path
   c.pairs, c.layers, c.methods = 'siglip_mini:dino_mini', '2', 'lfm,ffm'
   c.data.limit_per_class = 40
   c.train.epochs, c.train.batch_size = 4, dict(lfm=16, default=16)
-  experiment.run(c)
+  jobs.run(c)
   records = json.loads((pathlib.Path(c.workdir) / 'results.json').read_text())
   d = {(r['method'], r['metric']): r['value'] for r in records
        if (r['source'], r['target'], r['layer']) == ('siglip_mini', 'dino_mini', 2) and r['metric'].endswith('distance')}

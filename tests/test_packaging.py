@@ -79,16 +79,16 @@ class Block(importlib.abc.MetaPathFinder):
       raise ImportError(f'No module named {name!r} (blocked by the test)')
 
 sys.meta_path.insert(0, Block())
-from stitchjax import config_lib, experiment
+from stitchjax import config_lib, jobs
 c = config_lib.stitching(sys.argv[1], dict(kind='image_folder', root=sys.argv[2], val_fraction=0.25, seed=0),
                          backbones={'a': {'path': sys.argv[3], 'image_size': 32}})
 c.pairs, c.layers, c.methods, c.dtype, c.export = 'a:a', '1', 'lp,ffm', 'float32', ''
 c.train.epochs, c.train.patience, c.train.lrs = 1, 1, '0.01'
 c.train.batch_size = {'lfm': 8, 'default': 8}
-experiment.run(c)
+jobs.run(c)
 c.data = dict(kind='tfds', name='mnist', root=sys.argv[2])
 try:
-  experiment.run(c)
+  jobs.run(c)
 except ImportError as e:
   print(json.dumps({'error': str(e), 'loaded': sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED)}))
 '''

@@ -29,7 +29,7 @@ SPEC = Spec(lr=3e-3, warmup_steps=1, weight_decay=0.0, clip=10.0)
 @functools.cache
 def _fashion(n: int = 32) -> tuple[np.ndarray, np.ndarray]:
   split = data.load({'kind': 'fashion_mnist', 'classes': (0, 1, 2, 3, 4), 'limit_per_class': n // 5 + 1}).splits['train']
-  return pretrain._images(split, 28)[:n], np.asarray(split.labels)[:n]
+  return pretrain.images(split, 28)[:n], np.asarray(split.labels)[:n]
 
 
 def _dino(**hp):

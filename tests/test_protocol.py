@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import hf_models as H
-from stitchjax import config_lib, experiment, load_stitched, protocol, train
+from stitchjax import config_lib, jobs, load_stitched, protocol, train
 from stitchjax.records import PAIR_ARROW
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
   c.train.batch_size = {'lfm': 8, 'default': 8}
   c.feature_batch_size = 8
   c.export = 'tlt,ffm_tlt'
-  experiment.run(c)
+  jobs.run(c)
   return c, root
 
 
@@ -58,7 +58,7 @@ def test_rerun_computes_nothing(setup, monkeypatch):
   config, _ = setup
   before = (pathlib.Path(config.workdir) / 'results.json').read_text()
   monkeypatch.setattr(train, 'fit', lambda *a, **k: pytest.fail('a finished unit was retrained'))
-  experiment.run(config)
+  jobs.run(config)
   assert (pathlib.Path(config.workdir) / 'results.json').read_text() == before
 
 
@@ -74,7 +74,7 @@ def test_an_interrupted_cell_resumes_to_the_same_result(setup):
   steps = sorted(int(p.name) for p in (unit / 'ckpt').iterdir() if p.name.isdigit())
   import shutil
   shutil.rmtree(unit / 'ckpt' / str(steps[-1]))
-  experiment.run(config)
+  jobs.run(config)
   assert json.loads((work / 'cells' / cell / 'result.json').read_text()) == before
 
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 from PIL import Image
 
-from stitchjax import (backbone, config_lib, data, experiment, load_stitched, mini, preprocess, protocol, report,
+from stitchjax import (backbone, config_lib, data, load_stitched, mini, preprocess, protocol, report,
                        segmentation, train)
 
 FASHION = pathlib.Path(data.FASHION_MNIST_ROOT)
@@ -216,7 +216,7 @@ def seg_run(tmp_path_factory):
     backbones = {}
     for name, family, size in (('siglip', 'siglip', 32), ('dinov2', 'dinov2', 28)):
       spec = config_lib.ml_collections.ConfigDict({'path': f'init:{family}', 'image_size': size})
-      backbone.save_backbone(experiment.load(name, spec, 0), root / name)
+      backbone.save_backbone(backbone.configured(name, spec, 0), root / name)
       backbones[name] = {'path': str(root / name), 'image_size': size}
   c = _seg_config(root / 'work', backbones)
   source, target = list(backbones)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stitchjax import backbone, experiment, mini, objectives, train, tree, vit
+from stitchjax import backbone, jobs, mini, objectives, train, tree, vit
 from stitchjax import stitch_layers as stitch_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def test_job_config_errors_name_the_field_before_any_compute(tmp_path, field, va
   c.workdir = str(tmp_path / 'vst')
   setattr(c, field, value)
   with pytest.raises(ValueError, match=message):
-    tree.run(c)
+    jobs.run(c)
   assert not (tmp_path / 'vst').exists()
 
 
@@ -241,7 +241,7 @@ def test_shortened_vst_job_writes_every_variant_and_resumes(tmp_path):
   c.data.limit_per_class = 40
   c.layers = '2,6'
   c.train.epochs, c.train.patience, c.train.lrs = 2, 1, '0.01'
-  experiment.run(c)
+  jobs.run(c)
   work = pathlib.Path(c.workdir)
   result = json.loads((work / 'vst.json').read_text())
   rows = {r['variant']: r for r in result['rows']}
@@ -254,6 +254,6 @@ def test_shortened_vst_job_writes_every_variant_and_resumes(tmp_path):
   assert '| vst_6_mlp | 6 | 8 | 14.3% |' in (work / 'vst.md').read_text()
   done = sorted(work.glob('cells/**/done.json'))
   stamps = [p.stat().st_mtime_ns for p in done]
-  experiment.run(c)  # resumes: nothing retrains, the same table comes out
+  jobs.run(c)  # resumes: nothing retrains, the same table comes out
   assert [p.stat().st_mtime_ns for p in done] == stamps
   assert json.loads((work / 'vst.json').read_text()) == result
