@@ -2,7 +2,7 @@
 
     python run.py --config configs/seg_mini.py
 
-Task `fashion_mnist_seg` (stitchjax/data.py): real Fashion-MNIST images of the classes the
+Task `fashion_mnist_seg` (stitchjax/data/kinds/fashion_mnist_seg.py): real Fashion-MNIST images of the classes the
 mini-VFMs never saw in pretraining (sandal, shirt, sneaker, bag, ankle boot), labelled per
 pixel: background, the garment's class where the pixel is bright, ignored on the soft edges.
 A linear decoder on the final 7x7 patch tokens is upsampled bilinearly to the 28x28 labels;
@@ -10,7 +10,7 @@ the metric is mIoU over the test split. Runs each mini-VFM's decoder probe (`lp`
 decoder on the frozen stitched model), TLT and FFM->TLT with the segmentation loss at stitch
 layers 2, 4, 6 in both directions with the self-stitch baselines; writes results.json and
 tables.md (Table 2 layout, mIoU) to workdir/seg_mini. Sized like configs/demo.py (800 images
-per split, one learning rate, 6 epochs, batch 64).
+per split, one learning rate, at most 5 epochs with patience 2, batch 64: config_lib.on_two_cpu_cores).
 The mini-VFMs are NOT the paper's VFMs (configs/pretrain_mini.py).
 """
 from stitchjax import config_lib

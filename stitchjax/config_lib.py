@@ -3,7 +3,7 @@
 Fields (all overridable: `--config.layers=14,22 --config.backbones.dinov2.path=/ckpt/dinov2-large`):
 - workdir: results, checkpoints, feature cache (unless cache_dir is set) and exports;
 - backbones: name -> {path: anything load_backbone accepts, image_size};
-- data: {kind, root, ...}, see stitchjax/data.py;
+- data: {kind, root, ...}, see stitchjax/data/ (one module per kind in data/kinds/);
 - pairs: 'source:target,...'; every backbone in a pair also gets self-stitch cells;
 - layers, methods, stitch_layer, train.lrs: comma-separated lists;
 - train: epochs, patience, lrs, batch_size.{lfm, default, ...}, weight_decay, checkpoint_every_s (0: a

@@ -1,0 +1,1 @@
+"""The dataset kinds, one module each: its layout and options (docstring), OPTIONS, load(options) -> (train, test)."""
