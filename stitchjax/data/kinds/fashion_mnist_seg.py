@@ -6,16 +6,6 @@ pixels <= background=8 are background (annotation 1), pixels in between
 whatever `classes` keeps (a fixed label space, like ADE20K's 150); the
 image-level labels are the garment classes, so `classes` and
 `limit_per_class` work as for fashion_mnist.
-
-Images are opened with PIL and converted to RGB as torchvision's loader does
-(no EXIF rotation). Errors name the file and what was expected.
-
-`Split.fingerprint` (a feature-cache key) is the sha256 of the split's
-content: kind, class names, labels, and per example its resolved file path,
-size, mtime and crop box (file kinds), or its record index plus the size and
-mtime of every data file (tfds, IDX), and the banner trim. The seed enters
-only through what it selects, so two seeds that select the same examples share
-cached features.
 """
 import dataclasses
 
