@@ -4,7 +4,7 @@
     python benchmarks/compiles.py --repo ../old-checkout # another checkout of stitchjax, same run
 
 The run: two tiny models with the real layouts of transformers' DINOv2 (registers) and SigLIP
-(tests/hf_models.py: width 32, 3 blocks, random weights), one pair, layer 1, a linear stitch,
+(tests/helpers.py: width 32, 3 blocks, random weights), one pair, layer 1, a linear stitch,
 methods lp and ffm_tlt (5 cells: two probes and three ffm_tlt cells, self-stitches included),
 three learning rates, float32, on a synthetic image folder. Three runs, each in a fresh process:
 
@@ -77,9 +77,9 @@ def main():
   p.add_argument('--root', default='', help='working directory (default: a temporary one, removed)')
   args = p.parse_args()
   sys.path.insert(0, str(ROOT / 'tests'))
-  import hf_models
+  import helpers
   root = pathlib.Path(args.root or tempfile.mkdtemp())
-  hf_models.tiny_pair(root, {'train': 24, 'test': 8})
+  helpers.tiny_pair(root, {'train': 24, 'test': 8})
   repo = pathlib.Path(args.repo).resolve()
   print(f'# {repo} ({subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}), '
         f'{time.strftime("%Y-%m-%d")}, {os.cpu_count()} cores')

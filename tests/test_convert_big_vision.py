@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-import hf_models as H
+import helpers as H
 from convert import CheckpointError, big_vision, load_checkpoint
 from stitchjax import load_backbone, vit
 

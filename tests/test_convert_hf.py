@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-import hf_models as H
+import helpers as H
 from convert import CheckpointError
 from stitchjax import load_backbone
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from huggingface_hub import constants
 
-import hf_models as H
+import helpers as H
 from convert.common import CheckpointError
 from stitchjax import load_backbone
 

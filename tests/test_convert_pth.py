@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import hf_models as H
+import helpers as H
 from convert import CheckpointError, pth
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hf_models as H
+import helpers as H
 from convert import CheckpointError, load_checkpoint, resample, torch_hub
 from stitchjax import vit
 
 TOL = 1e-5
-HEADS = 4  # hf_models' tiny models; their DINOv2 widths are not released sizes: heads= is required
+HEADS = 4  # helpers' tiny models; their DINOv2 widths are not released sizes: heads= is required
 
 
 # ---- transformers model -> the original torch-hub state dict

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-import hf_models as H
+import helpers as H
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+import helpers as H
 from stitchjax import atomic, features, objectives, train
-from test_stitch import _tiny_problem
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_a_killed_runs_lock_is_taken_over(tmp_path):
 
 
 def _fit(ckpt, epochs, lr=1e-2, checkpoint_every_s=0.0):
-  model, frozen, init, arrays = _tiny_problem('ffm_loss')
+  model, frozen, init, arrays = H.tiny_problem('ffm_loss')
   schedule = train.Schedule(lr=lr, epochs=epochs, patience=epochs, batch_size=32,
                             checkpoint_every_s=checkpoint_every_s)
   loss = functools.partial(objectives.ffm_loss, model)
@@ -131,7 +131,6 @@ def test_a_full_disk_leaves_nothing_half_written(tmp_path):
 
 
 def test_a_full_disk_while_caching_features_is_clear(tmp_path, monkeypatch):
-  import hf_models as H
   from stitchjax import data, load_backbone
   H.build('siglip', tmp_path / 'bb')
   bb = load_backbone(tmp_path / 'bb')
@@ -159,7 +158,6 @@ def _image_split(root, per_class=3):
 
 
 def test_a_corrupt_cache_entry_is_rebuilt_never_used(tmp_path):
-  import hf_models as H
   from stitchjax import load_backbone
   H.build('siglip', tmp_path / 'bb')
   bb = load_backbone(tmp_path / 'bb')
@@ -187,7 +185,6 @@ cache.tokens(load_backbone(sys.argv[1]), 'bb', split, 'train', layers=(1,), fina
 
 
 def test_a_killed_cache_build_resumes_at_its_last_chunk(tmp_path, monkeypatch):
-  import hf_models as H
   from stitchjax import data, load_backbone
   H.build('siglip', tmp_path / 'bb')
   bb = load_backbone(tmp_path / 'bb')
@@ -244,7 +241,6 @@ def _run(config, workdir, kill_at=None):
 
 
 def test_killed_at_seeded_points_the_rerun_finishes_with_identical_results(tmp_path):
-  import hf_models as H
   config = H.run_config(tmp_path, {'train': 8, 'test': 3}, methods='lp,ffm_tlt', epochs=3, lrs='0.003,0.03',
                         export='ffm_tlt')
   finished, _, updates = _run(config, tmp_path / 'ref')
@@ -266,7 +262,6 @@ def test_killed_at_seeded_points_the_rerun_finishes_with_identical_results(tmp_p
 
 @pytest.mark.parametrize('skip', [False, True])
 def test_corrupt_images_are_named_or_skipped_and_counted(tmp_path, skip):
-  import hf_models as H
   from stitchjax import config_lib, protocol
   H.build('siglip', tmp_path / 'b')
   H.image_folder(tmp_path / 'data', {'train': 6, 'test': 2})
@@ -287,7 +282,6 @@ def test_corrupt_images_are_named_or_skipped_and_counted(tmp_path, skip):
 
 
 def test_config_errors_before_compute_name_the_field(tmp_path):
-  import hf_models as H
   from stitchjax import config_lib, protocol
   H.build('siglip', tmp_path / 'b')
   H.image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
@@ -310,7 +304,6 @@ def test_config_errors_before_compute_name_the_field(tmp_path):
 
 
 def test_a_workdir_refuses_another_dataset(tmp_path):
-  import hf_models as H
   from stitchjax import config_lib, protocol
   H.build('siglip', tmp_path / 'b')
   H.image_folder(tmp_path / 'data', {'train': 4, 'test': 2})
@@ -332,7 +325,6 @@ def test_a_workdir_refuses_another_dataset(tmp_path):
 
 def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
   import json
-  import hf_models as H
   from stitchjax import config_lib, protocol
   H.build('siglip', tmp_path / 'b')
   H.image_folder(tmp_path / 'data', {'train': 4, 'test': 2})

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import hf_models as H
+import helpers as H
 from stitchjax import metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-import hf_models as H
+import helpers as H
 import stitchjax
 from stitchjax import mini, objectives
 

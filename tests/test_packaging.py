@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tomllib
 
-import hf_models as H
+import helpers as H
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Imported only inside the functions that need them, and declared as extras (or, for torch, optional:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import hf_models as H
+import helpers as H
 from stitchjax import config_lib, jobs, load_stitched, protocol, train
 from stitchjax.records import PAIR_ARROW
 

@@ -7,27 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stitchjax import model as model_lib
+import helpers as H
 from stitchjax import objectives, train, vit
 from stitchjax import stitch_layers as stitch_lib
-
-PREFIXES = {'cls': dict(cls_token=True, num_registers=0), 'cls+registers': dict(cls_token=True, num_registers=3),
-            'none': dict(cls_token=False, num_registers=0, pool='map')}
-
-
-def config(prefix: str, dim=16, grid=3, family='test', **kw):
-  return vit.ViTConfig(family=family, depth=3, dim=dim, heads=2, mlp_dim=2 * dim, patch_size=4,
-                       image_size=4 * grid, **(PREFIXES[prefix] | kw))
-
 
 def identity_linear(spec, params):
   d = spec.target.dim
   return params | {'linear': {'kernel': jnp.eye(d), 'bias': jnp.zeros(d)}}
 
 
-@pytest.mark.parametrize('src,tgt', list(itertools.product(PREFIXES, PREFIXES)))
+@pytest.mark.parametrize('src,tgt', list(itertools.product(H.PREFIXES, H.PREFIXES)))
 def test_alignment_rule_for_every_prefix_combination(src, tgt):
-  s, t = config(src), config(tgt)
+  s, t = H.vit_config(src), H.vit_config(tgt)
   spec = stitch_lib.StitchSpec('linear', s, t, layer=1)
   params = identity_linear(spec, stitch_lib.init(spec, jax.random.key(0)))
   x = jax.random.normal(jax.random.key(1), (2, s.num_tokens, s.dim))
@@ -49,7 +40,7 @@ def test_alignment_rule_for_every_prefix_combination(src, tgt):
 @pytest.mark.parametrize('old,new', [(4, 2), (3, 5)])
 def test_patch_grids_that_differ_are_resampled(old, new):
   import torch
-  s, t = config('cls', grid=old), config('cls', grid=new)
+  s, t = H.vit_config('cls', grid=old), H.vit_config('cls', grid=new)
   spec = stitch_lib.StitchSpec('linear', s, t, layer=1)
   params = identity_linear(spec, stitch_lib.init(spec, jax.random.key(0)))
   x = jax.random.normal(jax.random.key(1), (2, s.num_tokens, 16))
@@ -63,7 +54,7 @@ def test_patch_grids_that_differ_are_resampled(old, new):
 
 @pytest.mark.parametrize('kind', stitch_lib.STITCH_LAYERS)
 def test_stitch_layers_change_dims(kind):
-  s, t = config('cls', dim=16), config('none', dim=24)
+  s, t = H.vit_config('cls', dim=16), H.vit_config('none', dim=24)
   spec = stitch_lib.StitchSpec(kind, s, t, layer=1, lora_rank=2)
   block = stitch_lib.frozen_block(spec, vit.init_params(s, jax.random.key(0)))
   params = stitch_lib.init(spec, jax.random.key(1), block)
@@ -74,7 +65,7 @@ def test_stitch_layers_change_dims(kind):
 
 
 def test_lora_starts_as_the_frozen_source_block():
-  s = config('cls+registers')
+  s = H.vit_config('cls+registers')
   src_params = vit.init_params(s, jax.random.key(0))
   spec = stitch_lib.StitchSpec('lora', s, s, layer=1, lora_rank=2)
   block = stitch_lib.frozen_block(spec, src_params)
@@ -86,33 +77,16 @@ def test_lora_starts_as_the_frozen_source_block():
 
 
 def test_spec_errors_name_the_field():
-  s = config('cls')
+  s = H.vit_config('cls')
   with pytest.raises(ValueError, match="stitch_layer='conv'"):
     stitch_lib.StitchSpec('conv', s, s, layer=1)
   with pytest.raises(ValueError, match='layer=3 is outside 1..2 for the source'):
     stitch_lib.StitchSpec('mlp', s, s, layer=3)
 
 
-def _tiny_problem(method_loss: str, seed=0):
-  s, t = config('cls', dim=16), config('none', dim=16)
-  sp, tp = vit.init_params(s, jax.random.key(seed)), vit.init_params(t, jax.random.key(seed + 1))
-  spec = stitch_lib.StitchSpec('mlp', s, t, layer=1)
-  model = model_lib.Stitched(spec)
-  rng = np.random.default_rng(seed)
-  images = rng.standard_normal((64, s.image_size, s.image_size, 3)).astype(np.float32)
-  arrays = {'source': np.asarray(vit.blocks(s, sp, vit.embed(s, sp, images), 0, 1)),
-            'target_layer': np.asarray(vit.blocks(t, tp, vit.embed(t, tp, images), 0, 1)),
-            'label': rng.integers(0, 3, 64).astype(np.int32)}
-  arrays['target_final'] = np.asarray(vit.final(t, tp, vit.blocks(t, tp, arrays['target_layer'], 1, 3)))
-  init = {'stitch': stitch_lib.init(spec, jax.random.key(2))}
-  if method_loss == 'tlt_loss':
-    init['head'] = model_lib.head_init(t.dim, 3)
-  return model, {'target': tp}, init, arrays
-
-
 @pytest.mark.parametrize('loss', ['lfm_loss', 'ffm_loss', 'tlt_loss'])
 def test_each_objective_lowers_its_loss_and_never_touches_the_backbone(loss):
-  model, frozen, init, arrays = _tiny_problem(loss)
+  model, frozen, init, arrays = H.tiny_problem(loss)
   loss_fn = functools.partial(getattr(objectives, loss), model)
   before = jax.tree.map(np.array, frozen)
   batch = next(train.batches(arrays, 64, seed=None))
@@ -128,7 +102,7 @@ def test_each_objective_lowers_its_loss_and_never_touches_the_backbone(loss):
 
 
 def test_ffm_reaches_a_lower_final_distance_than_lfm():
-  model, frozen, init, arrays = _tiny_problem('ffm_loss')
+  model, frozen, init, arrays = H.tiny_problem('ffm_loss')
   final = {}
   for name in ('lfm_loss', 'ffm_loss'):
     loss_fn = functools.partial(getattr(objectives, name), model)

@@ -18,8 +18,7 @@ SWEEP = r'''
 import collections, functools, json, sys, tempfile, jax
 from jax import monitoring
 from jax._src import dispatch
-sys.path.insert(0, 'tests')
-from test_stitch import _tiny_problem
+import helpers as H
 from stitchjax import objectives, train, vit
 vit.CPU_SCORE_BYTES = 1  # attention one head at a time, as larger models run it on CPUs, under the mesh too
 compiled = collections.Counter()
@@ -27,7 +26,7 @@ def count(event, seconds, fun_name='', **kw):
   if event == dispatch.BACKEND_COMPILE_EVENT:
     compiled[fun_name] += 1
 monitoring.register_event_duration_secs_listener(count)
-model, frozen, init, arrays = _tiny_problem('ffm_loss')
+model, frozen, init, arrays = H.tiny_problem('ffm_loss')
 loss = functools.partial(objectives.ffm_loss, model)
 placement = train.Placement.data_parallel()
 score = objectives.loss_score(loss, 16, placement.batch)
@@ -48,7 +47,8 @@ def test_a_sweep_compiles_each_program_once_and_eight_devices_match_one():
   """Eight devices shard the batch of a fit whose target runs head-chunked attention: the same losses as one."""
   out = {}
   for n in (1, 8):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}', JAX_PLATFORMS='cpu')
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}', JAX_PLATFORMS='cpu',
+               PYTHONPATH=str(ROOT / 'tests'))
     result = subprocess.run([sys.executable, '-c', SWEEP], cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out[n] = json.loads(result.stdout.strip().splitlines()[-1])

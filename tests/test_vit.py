@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import hf_models as H
+import helpers as H
 from stitchjax import load_backbone, vit
 
 TOL_F32 = 1e-5

@@ -1,4 +1,5 @@
-"""Tiny random transformers models of every supported class, and their reference outputs.
+"""Shared test builders: tiny random transformers models of every supported class and their reference
+outputs, image folders, run configs, and a tiny stitched problem on random ViTs.
 
 Parameters are perturbed away from transformers' init (norm scales of 1, zero
 biases, constant layer scales) so a converter that drops or swaps one of them
@@ -7,10 +8,15 @@ fails the parity tests.
 import dataclasses
 import pathlib
 
+import jax
 import numpy as np
 import torch
 import transformers as T
 from PIL import Image
+
+from stitchjax import model as model_lib
+from stitchjax import stitch_layers as stitch_lib
+from stitchjax import vit
 
 # name -> (model class, config factory, kwargs the ViT fields need at native size)
 _COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
@@ -151,3 +157,32 @@ def run_config(root: pathlib.Path, per_class: dict, *, methods: str, epochs: int
   path.write_text(RUN_CONFIG.format(data=str(root / 'data'), a=str(root / 'a'), b=str(root / 'b'), methods=methods,
                                     epochs=epochs, lrs=lrs, export=export))
   return path
+
+
+# Prefix-token layouts of the stitched-model tests: CLS, CLS + registers, none (MAP pooling).
+PREFIXES = {'cls': dict(cls_token=True, num_registers=0), 'cls+registers': dict(cls_token=True, num_registers=3),
+            'none': dict(cls_token=False, num_registers=0, pool='map')}
+
+
+def vit_config(prefix: str, dim=16, grid=3, family='test', **kw):
+  return vit.ViTConfig(family=family, depth=3, dim=dim, heads=2, mlp_dim=2 * dim, patch_size=4,
+                       image_size=4 * grid, **(PREFIXES[prefix] | kw))
+
+
+def tiny_problem(method_loss: str, seed=0):
+  """A stitched model from layer 1 of two tiny random ViTs (CLS source, MAP-pooled target), its frozen
+  params, an initial stitch (and head for 'tlt_loss') and 64 examples of cached features."""
+  s, t = vit_config('cls', dim=16), vit_config('none', dim=16)
+  sp, tp = vit.init_params(s, jax.random.key(seed)), vit.init_params(t, jax.random.key(seed + 1))
+  spec = stitch_lib.StitchSpec('mlp', s, t, layer=1)
+  model = model_lib.Stitched(spec)
+  rng = np.random.default_rng(seed)
+  images = rng.standard_normal((64, s.image_size, s.image_size, 3)).astype(np.float32)
+  arrays = {'source': np.asarray(vit.blocks(s, sp, vit.embed(s, sp, images), 0, 1)),
+            'target_layer': np.asarray(vit.blocks(t, tp, vit.embed(t, tp, images), 0, 1)),
+            'label': rng.integers(0, 3, 64).astype(np.int32)}
+  arrays['target_final'] = np.asarray(vit.final(t, tp, vit.blocks(t, tp, arrays['target_layer'], 1, 3)))
+  init = {'stitch': stitch_lib.init(spec, jax.random.key(2))}
+  if method_loss == 'tlt_loss':
+    init['head'] = model_lib.head_init(t.dim, 3)
+  return model, {'target': tp}, init, arrays
