@@ -45,7 +45,7 @@ import optax
 
 import forward as fwd
 from stitchjax import data as data_lib
-from stitchjax import features, objectives, train, vit
+from stitchjax import features, objectives, tasks, train, vit
 from stitchjax import model as model_lib
 from stitchjax import stitch_layers as stitch_lib
 
@@ -182,7 +182,7 @@ def main():
       stitched = model_lib.Stitched(spec, remat=args.remat)
       trainable = {'stitch': stitch_lib.init(spec, jax.random.key(0))}
       if method == 'tlt':
-        trainable['head'] = model_lib.head_init(tgt_cfg.dim, NUM_CLASSES)
+        trainable['head'] = tasks.head_init(tgt_cfg.dim, NUM_CLASSES)
       hyper = train.hyperparameters(1e-3, 1e-4)
       state = (trainable, optax.adamw(1e-3).init(trainable))
       results = {}

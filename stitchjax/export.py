@@ -26,7 +26,7 @@ import numpy as np
 
 from stitchjax import atomic
 from stitchjax import backbone as backbone_lib
-from stitchjax import features, segmentation, train
+from stitchjax import features, tasks, train
 from stitchjax import model as model_lib
 from stitchjax import stitch_layers as stitch_lib
 from convert.common import CheckpointError
@@ -43,7 +43,8 @@ class Exported:
   classes: list
 
   @property
-  def task(self) -> str:
+  def task(self):
+    """stitchjax.tasks.Classification or Segmentation (with its label_size)."""
     return self.model.task
 
   def logits(self, images) -> np.ndarray:
@@ -112,14 +113,13 @@ def load_stitched(directory, source=None, target=None) -> Exported:
     raise CheckpointError(f'{meta_path}: not a stitchjax stitched-model export ({e})') from e
   if meta.get('format_version') not in READABLE:
     raise CheckpointError(f'{meta_path}: format_version {meta.get("format_version")!r}, expected one of {READABLE}')
-  task, label_size = meta.get('task', 'classification'), meta.get('label_size')
+  task = tasks.make(meta.get('task', 'classification'), meta.get('label_size'))
   dtype = jnp.dtype(meta['dtype'])
   bbs = {role: _load_backbone(directory, role, meta['backbones'][role], given, dtype)
          for role, given in (('source', source), ('target', target))}
-  if task == 'segmentation':  # the run's square resize of whole images (segmentation.dense)
-    bbs['source'] = segmentation.dense(bbs['source'])
+  bbs['source'] = task.backbone(bbs['source'])  # the run's view of the images (segmentation: whole, square)
   model = model_lib.stitch(bbs['source'], bbs['target'], meta['layer'], meta['kind'], num_classes=len(meta['classes']),
-                           task=task, label_size=label_size, lora_rank=meta['lora_rank'], dtype=meta['dtype'])
+                           task=task, lora_rank=meta['lora_rank'], dtype=meta['dtype'])
   try:
     params = train.load_tree(directory / 'params', model.init(jax.random.key(0)))
   except Exception as e:

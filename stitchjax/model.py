@@ -17,24 +17,11 @@ import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from stitchjax import backbone as backbone_lib
-from stitchjax import segmentation, vit
+from stitchjax import tasks, vit
 from stitchjax import stitch_layers as stitch_lib
-
-TASKS = ('classification', 'segmentation')
-
-
-def head_init(dim: int, num_classes: int) -> dict:
-  # Zero init: a linear probe's optimum does not depend on it, and it is the same for every seed.
-  return {'kernel': np.zeros((dim, num_classes), np.float32), 'bias': np.zeros((num_classes,), np.float32)}
-
-
-def head_apply(head, features):
-  return features.astype(jnp.float32) @ head['kernel'] + head['bias']
-
 
 @dataclasses.dataclass(frozen=True)
 class Stitched:
@@ -42,12 +29,8 @@ class Stitched:
   is the source's block n+1 that a LoRA stitch adapts. Methods taking `tokens` start from the source's
   tokens after block n, which is how training runs them (from the feature cache)."""
   spec: stitch_lib.StitchSpec
-  task: str = 'classification'  # or 'segmentation': a linear decoder on the final patch tokens
+  task: tasks.Classification | tasks.Segmentation = tasks.Classification()  # what the head does
   remat: bool = False  # the target's blocks recompute their activations in the backward pass
-
-  def __post_init__(self):
-    if self.task not in TASKS:
-      raise ValueError(f'task={self.task!r} is not one of {TASKS}')
 
   @property
   def target(self) -> vit.ViTConfig:
@@ -73,26 +56,21 @@ class Stitched:
     """The final patch tokens (B, g*g, D), what a segmentation decoder reads."""
     return self.final(trainable, frozen, tokens)[:, self.target.num_prefix_tokens:]
 
-  def logits(self, trainable, frozen, tokens, label_size: int | None = None):
+  def logits(self, trainable, frozen, tokens):
     """The head's logits (B, classes); segmentation: per-pixel (B, label_size, label_size, classes)."""
-    if self.task == 'segmentation':
-      return segmentation.decode(trainable['head'], self.patches(trainable, frozen, tokens), label_size)
-    return head_apply(trainable['head'], self.pooled(trainable, frozen, tokens))
+    return self.task.logits(trainable['head'], self, trainable, frozen, tokens)
 
   def init(self, rng, frozen, num_classes: int | None = None) -> dict:
     params = {'stitch': stitch_lib.init(self.spec, rng, frozen.get('block'))}
-    return params if num_classes is None else params | {'head': head_init(self.target.dim, num_classes)}
+    return params if num_classes is None else params | {'head': tasks.head_init(self.target.dim, num_classes)}
 
 
 OUTPUTS = {'tokens': Stitched.final, 'features': Stitched.pooled, 'logits': Stitched.logits}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _from_pixels(net: Stitched, output: str, label_size, params, frozen, images):
-  tokens = net.source_tokens(frozen['source'], images)
-  if output == 'logits':
-    return net.logits(params, frozen, tokens, label_size)
-  return OUTPUTS[output](net, params, frozen, tokens)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _from_pixels(net: Stitched, output: str, params, frozen, images):
+  return OUTPUTS[output](net, params, frozen, net.source_tokens(frozen['source'], images))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -104,14 +82,13 @@ class StitchedModel:
   target: backbone_lib.Backbone
   net: Stitched
   num_classes: int | None = None
-  label_size: int | None = None  # segmentation: the side of the predicted label map
 
   @property
   def spec(self) -> stitch_lib.StitchSpec:
     return self.net.spec
 
   @property
-  def task(self) -> str:
+  def task(self) -> tasks.Classification | tasks.Segmentation:
     return self.net.task
 
   def frozen(self, with_source: bool = True) -> dict:
@@ -149,11 +126,11 @@ class StitchedModel:
 
   def _run(self, output: str, params, images, frozen):
     frozen = self.frozen() if frozen is None else frozen
-    return _from_pixels(self.net, output, self.label_size, params, frozen, images)
+    return _from_pixels(self.net, output, params, frozen, images)
 
 
 def stitch(source, target, layer: int, kind: str = 'mlp', *, num_classes: int | None = None,
-           task: str = 'classification', label_size: int | None = None, lora_rank: int = 8,
+           task='classification', label_size: int | None = None, lora_rank: int = 8,
            dtype: str | None = None, remat: bool = False) -> StitchedModel:
   """Stitches `source`'s blocks [0, layer) into `target`'s blocks [layer, N) with a `kind` stitch layer
   ('linear', 'mlp' or 'lora'; stitchjax/stitch_layers.py).
@@ -164,8 +141,7 @@ def stitch(source, target, layer: int, kind: str = 'mlp', *, num_classes: int | 
   """
   source, target = (b if isinstance(b, backbone_lib.Backbone) else backbone_lib.load_backbone(b)
                     for b in (source, target))
-  if task == 'segmentation' and num_classes is not None and not label_size:
-    raise ValueError('task=segmentation with a decoder needs label_size (the side of the predicted label map)')
   spec = stitch_lib.StitchSpec(kind, source.config, target.config, layer, lora_rank=lora_rank,
                                dtype=dtype or target.config.dtype)
-  return StitchedModel(source, target, Stitched(spec, task, remat), num_classes, label_size)
+  task = tasks.make(task, label_size) if isinstance(task, str) else task
+  return StitchedModel(source, target, Stitched(spec, task, remat), num_classes)

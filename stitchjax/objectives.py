@@ -10,14 +10,12 @@ take the model (stitchjax/model.py) first and are bound with `functools.partial(
 
 - lfm:  || align(S(x_src^n)) - x_tgt^n ||^2 at the stitch point;
 - ffm:  || T^N(align(S(x_src^n))) - T^N(x_tgt^n) ||^2 on the target's final (normed) tokens;
-- tlt:  cross-entropy of a linear head on the stitched model's pooled output;
-- probe: cross-entropy of a linear head on fixed features.
-Feature distances average the squared error over tokens and channels.
-
-Segmentation (task='segmentation', paper §5.1, A.2.5): the head is a linear decoder on
-the final *patch* tokens, 'label' holds (B, L, L) annotations, the losses are per-pixel
-cross-entropy and the predictions are per-class pixel counts for mIoU
-(stitchjax/segmentation.py); lfm and ffm do not depend on the task.
+- tlt:  the task's loss (stitchjax/tasks.py) of its head on the stitched model: cross-entropy of a
+        linear head on the pooled output, or per-pixel cross-entropy of a linear decoder on the
+        final patch tokens;
+- probes of fixed features are the task's own (`task.probe_loss`).
+Feature distances average the squared error over tokens and channels; lfm and ffm do not
+depend on the task.
 """
 import functools
 import pathlib
@@ -25,15 +23,13 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from stitchjax import distributed, segmentation, train
+from stitchjax import distributed, train
 from stitchjax import features as features_lib
-from stitchjax.model import Stitched, head_apply
+from stitchjax.model import Stitched
+from stitchjax.tasks import masked_mean
 
 
-def masked_mean(per_example, mask):
-  return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def sq_dist(a, b):
@@ -53,15 +49,7 @@ def ffm_loss(model: Stitched, trainable, frozen, batch):
 
 
 def tlt_loss(model: Stitched, trainable, frozen, batch):
-  logits = _logits(model, trainable, frozen, batch)
-  if model.task == 'segmentation':
-    return segmentation.pixel_loss(logits, batch['label'], batch['mask'])
-  return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']), batch['mask'])
-
-
-def _logits(model: Stitched, trainable, frozen, batch):
-  label_size = batch['label'].shape[-1] if model.task == 'segmentation' else None
-  return model.logits(trainable, frozen, batch['source'], label_size)
+  return model.task.loss(model.logits(trainable, frozen, batch['source']), batch)
 
 
 # Per-example quantities for evaluation.
@@ -72,48 +60,21 @@ def distances(model: Stitched, trainable, frozen, batch):
 
 
 def predictions(model: Stitched, trainable, frozen, batch):
-  logits = _logits(model, trainable, frozen, batch)
-  if model.task == 'segmentation':
-    return segmentation.pixel_counts(logits, batch['label'])
-  return {'prediction': jnp.argmax(logits, -1)}
+  return model.task.predictions(model.logits(trainable, frozen, batch['source']), batch)
 
 
 def features(model: Stitched, trainable, frozen, batch):
   return {'features': model.pooled(trainable, frozen, batch['source'])}
 
 
-# Segmentation probe of a trained stitch: its params come in frozen['stitch'], only the decoder trains.
-# (Classification probes cached pooled features instead; dense tokens of a whole split are too large.)
+# A probe of a trained stitch that recomputes the stitched model per batch (tasks.Segmentation: a split's
+# dense tokens are too large to cache): the stitch comes in frozen['stitch'], only the head trains.
 def frozen_stitch_loss(model: Stitched, trainable, frozen, batch):
   return tlt_loss(model, trainable | {'stitch': frozen['stitch']}, frozen, batch)
 
 
-def frozen_stitch_counts(model: Stitched, trainable, frozen, batch):
+def frozen_stitch_predictions(model: Stitched, trainable, frozen, batch):
   return predictions(model, trainable | {'stitch': frozen['stitch']}, frozen, batch)
-
-
-def probe_loss(trainable, frozen, batch):
-  del frozen
-  logits = head_apply(trainable['head'], batch['features'])
-  return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']), batch['mask'])
-
-
-def probe_predictions(trainable, frozen, batch):
-  del frozen
-  return {'prediction': jnp.argmax(head_apply(trainable['head'], batch['features']), -1)}
-
-
-def decoder_loss(trainable, frozen, batch):
-  """Segmentation probe: linear decoder on fixed patch tokens 'features' (B, g*g, D), 'label' (B, L, L)."""
-  del frozen
-  logits = segmentation.decode(trainable['head'], batch['features'], batch['label'].shape[-1])
-  return segmentation.pixel_loss(logits, batch['label'], batch['mask'])
-
-
-def decoder_counts(trainable, frozen, batch):
-  del frozen
-  logits = segmentation.decode(trainable['head'], batch['features'], batch['label'].shape[-1])
-  return segmentation.pixel_counts(logits, batch['label'])
 
 
 def evaluate(fn, trainable, frozen, arrays: dict, batch_size: int, put=lambda b: b) -> dict:
@@ -139,18 +100,10 @@ def _cached_jit(func, args):
   return jax.jit(train.from_key(func, args))
 
 
-def accuracy_score(predict_fn, batch_size: int, put=lambda b: b):
-  """A validation score for fit(): accuracy of predict_fn on the split (higher is better)."""
+def task_score(task, predict_fn, batch_size: int, put=lambda b: b):
+  """A validation score for fit(): the task's metric (accuracy, mIoU) of predict_fn over the split."""
   def score(trainable, frozen, arrays):
-    pred = evaluate(predict_fn, trainable, frozen, arrays, batch_size, put)['prediction']
-    return float(np.mean(pred == np.asarray(arrays['label'][:len(pred)])))
-  return score
-
-
-def miou_score(counts_fn, batch_size: int, put=lambda b: b):
-  """A validation score for fit(): mIoU of counts_fn's per-example pixel counts over the split."""
-  def score(trainable, frozen, arrays):
-    return segmentation.miou(evaluate(counts_fn, trainable, frozen, arrays, batch_size, put))['miou']
+    return task.score(evaluate(predict_fn, trainable, frozen, arrays, batch_size, put), arrays)
   return score
 
 
@@ -208,8 +161,7 @@ def fit(model, params: dict, data: dict, loss: str = 'ffm', *, val: dict | None 
   if loss != 'tlt':
     score = loss_score(loss_fn, batch_size, placement.batch)
   else:
-    scorer = miou_score if net.task == 'segmentation' else accuracy_score
-    score = scorer(functools.partial(predictions, net), batch_size, placement.batch)
+    score = task_score(net.task, functools.partial(predictions, net), batch_size, placement.batch)
   schedule = train.Schedule(lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                             weight_decay=weight_decay, seed=seed)
   best, _ = train.fit(loss_fn, score, trainable, model.frozen(with_source=False), train_arrays, val_arrays, schedule,
@@ -245,8 +197,7 @@ def stitch_inputs(model, data: dict, loss: str, batch_size: int) -> dict:
 def _labels(model, data: dict, count: int) -> np.ndarray:
   if 'label' not in data:
     raise ValueError("loss='tlt' needs data['label']")
-  labels = np.asarray(data['label'])
-  want = (count,) if model.task == 'classification' else (count, model.label_size, model.label_size)
+  labels, want = np.asarray(data['label']), model.task.label_shape(count)
   if labels.shape != want:
-    raise ValueError(f"data['label'] has shape {labels.shape}, expected {want} for {model.task}")
-  return labels.astype(np.int32) if model.task == 'classification' else labels
+    raise ValueError(f"data['label'] has shape {labels.shape}, expected {want} for {model.task.name}")
+  return labels.astype(model.task.label_dtype)

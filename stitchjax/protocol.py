@@ -38,10 +38,9 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
 from stitchjax import data as data_lib
-from stitchjax import atomic, distributed, export, features, metrics, objectives, segmentation, train, vit
+from stitchjax import atomic, distributed, export, features, metrics, objectives, tasks, train, vit
 from stitchjax import stitch_layers as stitch_lib
 from stitchjax.backbone import load_backbone
-from stitchjax.model import TASKS, head_init
 from stitchjax.records import FIELDS, Cell
 from stitchjax.model import stitch as stitch_model
 
@@ -108,17 +107,11 @@ def validate(config, backbones: dict | None = None) -> None:
     for name in (source, target):
       if name not in config.backbones:
         raise ValueError(f'config.pairs: backbone {name!r} is not in config.backbones ({sorted(config.backbones)})')
-  task = config.get('task', 'classification')
-  if task not in TASKS:
-    raise ValueError(f'config.task={task!r} is not one of {TASKS}')
+  task = tasks.from_config(config).name
   data_task = 'segmentation' if config.data.get('kind') in data_lib.PIXEL_CLASSES else 'classification'
   if task != data_task:
     raise ValueError(f'config.task={task!r}, but config.data.kind={config.data.get("kind")!r} is a {data_task} '
                      f'dataset; segmentation kinds are {sorted(data_lib.PIXEL_CLASSES)}')
-  if task == 'segmentation':
-    size = config.get('label_size')
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-      raise ValueError(f'config.label_size={size!r} must be a positive int (the evaluation resolution)')
   t = config.train
   for field in ('epochs', 'patience'):
     if not t[field] > 0:
@@ -141,18 +134,6 @@ def validate(config, backbones: dict | None = None) -> None:
       depth = bb.depth if isinstance(bb, vit.ViTConfig) else bb.config.depth
       if not 1 <= layer <= depth - 1:
         raise ValueError(f'config.layers: layer {layer} is outside 1..{depth - 1} for backbone {name!r}')
-
-
-def standardised(feats: dict) -> dict:
-  """Pooled features {split: (N, D)} scaled by the train split's per-channel mean and std.
-
-  The same linear probe (an affine reparametrisation of its inputs), better conditioned: a MAP
-  head's raw output spreads over very different scales, and AdamW then stops far from the
-  optimum within a probe's budget (SigLIP-mini on the demo task: 57% raw against 80% converged).
-  """
-  train = np.asarray(feats['train'], np.float32)
-  mean, std = train.mean(0), train.std(0) + 1e-6
-  return {s: (np.asarray(f, np.float32) - mean) / std for s, f in feats.items()}
 
 
 def _same_backbone(before, now: dict) -> bool:
@@ -188,7 +169,7 @@ class Runner:
     self.config = config
     self.workdir = pathlib.Path(config.workdir)
     self.placement = train.Placement.data_parallel()
-    self.task = config.get('task', 'classification')
+    self.task = tasks.from_config(config)
     # Validation and test passes need no gradients, so they run in larger batches than training.
     self.eval_batch_size = int(config.get('eval_batch_size') or config.train.batch_size['default'])
     self.data = data_lib.load(config.data)
@@ -198,11 +179,10 @@ class Runner:
             f' (data.val_fraction={data_lib.load_options(config.data)["val_fraction"]} of too few training images)' if name == 'val'
             else ''))
     self.skipped = self._check_images(bool(config.data.get('skip_corrupt', False)))
-    self.backbones = {name: load_backbone(spec.path, image_size=spec.get('image_size'), dtype=jnp.dtype(config.dtype))
+    self.backbones = {name: self.task.backbone(load_backbone(spec.path, image_size=spec.get('image_size'),
+                                                             dtype=jnp.dtype(config.dtype)))
                       for name, spec in config.backbones.items()
                       if any(name in p for p in pairs(config))}
-    if self.task == 'segmentation':  # whole images, and every backbone sees the same pixels (segmentation.py)
-      self.backbones = {name: segmentation.dense(bb) for name, bb in self.backbones.items()}
     validate(config, self.backbones)
     self.cache = features.Cache(config.get('cache_dir') or self.workdir / 'cache')
     self.log = metrics.Log(self.workdir)
@@ -217,8 +197,7 @@ class Runner:
                 'splits': {name: split.fingerprint for name, split in self.data.splits.items()},
                 'backbones': {name: self._backbone_identity(bb) for name, bb in self.backbones.items()},
                 'train': c.train.to_dict(), 'dtype': c.dtype, 'seed': c.seed, 'lora_rank': c.lora_rank}
-    if self.task == 'segmentation':  # (classification workdirs keep their identity unchanged)
-      identity |= {'task': self.task, 'label_size': c.label_size}
+    identity |= self.task.identity()
     path = self.workdir / 'run.json'
     if not path.exists():
       _write_json(path, identity)
@@ -249,18 +228,17 @@ class Runner:
     """Every image decoded once before any compute (remembered per split content in the workdir)."""
     record = self.workdir / 'image_check.json'
     known = json.loads(record.read_text()) if record.exists() else {}
-    skipped = {}
+    skipped, annotated = {}, self.data.task == 'segmentation'
     for name, split in list(self.data.splits.items()):
       if split.fingerprint not in known:
-        _, errors = data_lib.check_images(split, name, skip_corrupt=True, annotated=self.task == 'segmentation')
+        _, errors = data_lib.check_images(split, name, skip_corrupt=True, annotated=annotated)
         known[split.fingerprint] = errors
         _write_json(record, known)
       errors = known[split.fingerprint]
       if errors and not skip_corrupt:
-        data_lib.check_images(split, name, skip_corrupt=False, annotated=self.task == 'segmentation')  # raises
+        data_lib.check_images(split, name, skip_corrupt=False, annotated=annotated)  # raises
       if errors:
-        self.data.splits[name], _ = data_lib.check_images(split, name, skip_corrupt=True,
-                                                          annotated=self.task == 'segmentation')
+        self.data.splits[name], _ = data_lib.check_images(split, name, skip_corrupt=True, annotated=annotated)
         warnings.warn(f'skipping {len(errors)} unreadable {name} image(s), e.g. {errors[0]}')
       skipped[name] = len(errors)
     return skipped
@@ -272,16 +250,7 @@ class Runner:
 
   def labels(self, split: str) -> np.ndarray:
     """Classification: int32 (N,); segmentation: uint8 (N, L, L) annotations at config.label_size."""
-    if self.task == 'segmentation':
-      return segmentation.label_maps(self.data.splits[split], int(self.config.label_size), self.cache.root / 'labels',
-                                     write=self.cache.writer)
-    return np.asarray(self.data.splits[split].labels, np.int32)
-
-  def _task_fns(self):
-    """(probe loss, probe predictions, validation score) of the task's linear head or decoder."""
-    if self.task == 'segmentation':
-      return objectives.decoder_loss, objectives.decoder_counts, objectives.miou_score
-    return objectives.probe_loss, objectives.probe_predictions, objectives.accuracy_score
+    return self.task.labels(self.data.splits[split], self.cache)
 
   def batch_size(self, method: str) -> int:
     sizes = self.config.train.batch_size
@@ -316,15 +285,14 @@ class Runner:
   def probe(self, unit: str, feats: dict) -> tuple[dict, float, float]:
     """Linear probe on fixed features {split: (N, D)} (segmentation: patch tokens (N, g*g, D)):
     (test predictions {name: (N, ...)}, lr, val score)."""
-    bs = self.batch_size('lp')
-    loss, predict, score = self._task_fns()
-    if self.task == 'classification':
-      feats = standardised(feats)
+    bs, task = self.batch_size('lp'), self.task
+    feats = task.probe_inputs(feats)
     arrays = {s: {'features': feats[s], 'label': self.labels(s)} for s in ('train', 'val', 'test')}
-    init = {'head': head_init(feats['train'].shape[-1], self.num_classes)}
+    init = {'head': tasks.head_init(feats['train'].shape[-1], self.num_classes)}
     eval_bs, put = self.eval_batch_size, self.placement.batch
-    params, lr, val = self.sweep(unit, loss, score(predict, eval_bs, put), init, {}, arrays['train'], arrays['val'], bs)
-    return objectives.evaluate(predict, params, {}, arrays['test'], eval_bs, put), lr, val
+    score = objectives.task_score(task, task.probe_predictions, eval_bs, put)
+    params, lr, val = self.sweep(unit, task.probe_loss, score, init, {}, arrays['train'], arrays['val'], bs)
+    return objectives.evaluate(task.probe_predictions, params, {}, arrays['test'], eval_bs, put), lr, val
 
   # Cells.
   def run(self, cell: Cell) -> list[dict]:
@@ -341,27 +309,13 @@ class Runner:
     return records
 
   def run_lp(self, cell: Cell) -> list[dict]:
-    if self.task == 'segmentation':  # the decoder reads the final patch tokens (a view of the cache)
-      prefix = self.backbones[cell.source].config.num_prefix_tokens
-      feats = {s: self.feats(cell.source, s)['final'][:, prefix:] for s in ('train', 'val', 'test')}
-    else:
-      feats = {s: self.feats(cell.source, s)['pooled'] for s in ('train', 'val', 'test')}
-    pred, lr, val = self.probe(cell.id, feats)
+    entries = {s: self.feats(cell.source, s) for s in ('train', 'val', 'test')}
+    pred, lr, val = self.probe(cell.id, self.task.probe_features(entries, self.backbones[cell.source].config))
     self._save_predictions(cell, pred)
     return self._test_records(cell, pred, val, lr=lr)
 
   def _test_records(self, cell: Cell, pred: dict, val: float, **extra) -> list[dict]:
-    """The validation score the sweep chose by and the test metric: accuracy, or mIoU and pixel accuracy."""
-    if self.task == 'segmentation':
-      m = segmentation.miou(pred)
-      n = len(pred['intersection'])
-      return [cell.record('val', 'miou', val, **extra), cell.record('test', 'miou', m['miou'], n=n, **extra),
-              cell.record('test', 'pixel_accuracy', m['pixel_accuracy'], n=n, **extra)]
-    return [cell.record('val', 'accuracy', val, **extra), self._test_accuracy(cell, pred['prediction'], **extra)]
-
-  def _test_accuracy(self, cell: Cell, pred, **extra) -> dict:
-    labels = self.labels('test')
-    return cell.record('test', 'accuracy', np.mean(pred == labels), n=len(labels), **extra)
+    return self.task.test_records(cell, pred, self.labels('test'), val, **extra)
 
   def _stitched(self, cell: Cell):
     """The cell's stitched model (stitchjax.stitch), its frozen params and its initial stitch."""
@@ -389,11 +343,11 @@ class Runner:
       ffm = dataclasses.replace(cell, method='ffm')
       init = self._matched_stitch(ffm, model, frozen, init, arrays)[0]
     bs = self.batch_size('tlt')
-    init = init | {'head': head_init(model.target.dim, self.num_classes)}
+    init = init | {'head': tasks.head_init(model.target.dim, self.num_classes)}
     predict, eval_bs, put = partial(objectives.predictions, model), self.eval_batch_size, self.placement.batch
     params, lr, val = self.sweep(f'{cell.id}/tlt', partial(objectives.tlt_loss, model),
-                                 self._task_fns()[2](predict, eval_bs, put), init, frozen, arrays['train'],
-                                 arrays['val'], bs)
+                                 objectives.task_score(self.task, predict, eval_bs, put), init, frozen,
+                                 arrays['train'], arrays['val'], bs)
     pred = objectives.evaluate(predict, params, frozen, arrays['test'], eval_bs, put)
     self._save_predictions(cell, pred)
     if cell.method in as_list(self.config.export):
@@ -411,8 +365,8 @@ class Runner:
     params, lr, val = self._matched_stitch(cell, model, frozen, init, arrays)
     eval_bs, put = self.eval_batch_size, self.placement.batch
     dist = objectives.evaluate(partial(objectives.distances, model), params, frozen, arrays['test'], eval_bs, put)
-    if self.task == 'segmentation':
-      pred, probe_lr, probe_val = self._frozen_stitch_decoder(cell, model, frozen | params, arrays)
+    if self.task.probe_recomputes:
+      pred, probe_lr, probe_val = self._frozen_stitch_probe(cell, model, frozen | params, arrays)
     else:
       pooled_fn = partial(objectives.features, model)
       pooled = {s: objectives.evaluate(pooled_fn, params, frozen, arrays[s], eval_bs, put)['features']
@@ -424,16 +378,16 @@ class Runner:
             cell.record('test', 'final_distance', dist['final_distance'].mean(), lr=lr),
             *self._test_records(cell, pred, probe_val, lr=probe_lr, stitch_lr=lr)]
 
-  def _frozen_stitch_decoder(self, cell: Cell, model, frozen, arrays) -> tuple[dict, float, float]:
-    """Segmentation's probe of a matched stitch: a decoder trained on the frozen stitched model's final
-    patch tokens, recomputed per batch (a split's dense tokens would not fit in memory at paper scale)."""
+  def _frozen_stitch_probe(self, cell: Cell, model, frozen, arrays) -> tuple[dict, float, float]:
+    """A probe of a matched stitch trained on the frozen stitched model's outputs recomputed per batch,
+    for tasks whose probe features are too large to cache (a split's dense tokens, at paper scale)."""
     bs = self.batch_size('lp')
-    init = {'head': head_init(model.target.dim, self.num_classes)}
-    counts, eval_bs, put = partial(objectives.frozen_stitch_counts, model), self.eval_batch_size, self.placement.batch
+    init = {'head': tasks.head_init(model.target.dim, self.num_classes)}
+    predict, eval_bs, put = partial(objectives.frozen_stitch_predictions, model), self.eval_batch_size, self.placement.batch
     params, lr, val = self.sweep(f'{cell.id}/probe', partial(objectives.frozen_stitch_loss, model),
-                                 objectives.miou_score(counts, eval_bs, put), init, frozen, arrays['train'],
-                                 arrays['val'], bs)
-    return objectives.evaluate(counts, params, frozen, arrays['test'], eval_bs, put), lr, val
+                                 objectives.task_score(self.task, predict, eval_bs, put), init, frozen,
+                                 arrays['train'], arrays['val'], bs)
+    return objectives.evaluate(predict, params, frozen, arrays['test'], eval_bs, put), lr, val
 
   def _export(self, cell: Cell, spec, params) -> None:
     sources = {}
@@ -442,19 +396,12 @@ class Runner:
       sources[role] = {'path': str(bb_spec.path), 'image_size': bb_spec.get('image_size'),
                        'digest': self.cache.backbone_digest(self.backbones[name])}
     if distributed.is_main():
-      export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources, self.task,
-                           int(self.config.label_size) if self.task == 'segmentation' else None)
+      export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources,
+                           self.task.name, self.task.label_size)
 
   def _save_predictions(self, cell: Cell, pred: dict) -> None:
-    """Per-example test predictions, for the prediction analyses of appendix B; segmentation: the
-    per-image, per-class pixel counts (test_counts.npz), from which any subset's mIoU follows."""
-    if not distributed.is_main():
-      return
-    path = self.workdir / 'cells' / cell.id / 'test_predictions.npy'
-    if self.task == 'segmentation':
-      atomic.save_npz(path.with_name('test_counts.npz'), **pred)
-      return
-    atomic.save_npy(path, np.asarray(pred['prediction'], np.int32))
+    if distributed.is_main():
+      self.task.save_predictions(self.workdir / 'cells' / cell.id, pred)
 
 
 def run(config) -> list[dict]:
@@ -467,9 +414,8 @@ def run(config) -> list[dict]:
   validate(config)
   with session(config):
     runner = Runner(config)
-    if config.get('task', 'classification') == 'classification' and distributed.is_main():
-      # What the saved test predictions are scored against, for stitchjax/analysis.py's Table 12.
-      atomic.save_npy(runner.workdir / 'test_labels.npy', runner.labels('test'))
+    if distributed.is_main():
+      runner.task.save_test_labels(runner.workdir, runner.labels('test'))
     for name in runner.backbones:
       for split in ('train', 'val', 'test'):
         runner.feats(name, split)

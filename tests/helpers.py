@@ -16,7 +16,7 @@ from PIL import Image
 
 from stitchjax import model as model_lib
 from stitchjax import stitch_layers as stitch_lib
-from stitchjax import vit
+from stitchjax import tasks, vit
 
 # name -> (model class, config factory, kwargs the ViT fields need at native size)
 _COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
@@ -184,5 +184,5 @@ def tiny_problem(method_loss: str, seed=0):
   arrays['target_final'] = np.asarray(vit.final(t, tp, vit.blocks(t, tp, arrays['target_layer'], 1, 3)))
   init = {'stitch': stitch_lib.init(spec, jax.random.key(2))}
   if method_loss == 'tlt_loss':
-    init['head'] = model_lib.head_init(t.dim, 3)
+    init['head'] = tasks.head_init(t.dim, 3)
   return model, {'target': tp}, init, arrays

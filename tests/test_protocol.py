@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import helpers as H
-from stitchjax import config_lib, jobs, load_stitched, protocol, train
+from stitchjax import config_lib, jobs, load_stitched, protocol, tasks, train
 from stitchjax.records import PAIR_ARROW
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_probe_features_are_standardised_by_the_train_split_alone():
   rng = np.random.default_rng(0)
   feats = {s: rng.normal(size=(n, 3)).astype(np.float32) * [1000.0, 1.0, 0.01] + [5.0, -2.0, 0.0]
            for s, n in (('train', 400), ('val', 50), ('test', 60))}
-  out = protocol.standardised(feats)
+  out = tasks.standardised(feats)
   np.testing.assert_allclose(out['train'].mean(0), 0, atol=1e-4)
   np.testing.assert_allclose(out['train'].std(0), 1, rtol=1e-3)
   mean, std = feats['train'].mean(0), feats['train'].std(0)

@@ -265,7 +265,7 @@ def test_the_exported_segmenter_predicts_the_recorded_test_pixels(seg_run):
   work = pathlib.Path(config.workdir)
   cell = protocol.Cell(source, target, 6, 'ffm_tlt', 'mlp').id
   model = load_stitched(work / 'exports' / cell)
-  assert model.task == 'segmentation' and model.classes == data.load(config.data).classes
+  assert model.task.name == 'segmentation' and model.classes == data.load(config.data).classes
   test = data.load(config.data).splits['test']
   maps = model.predict(np.stack([test.image(i) for i in range(len(test))]))
   assert maps.shape == (len(test), 28, 28)
