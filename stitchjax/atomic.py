@@ -10,7 +10,6 @@ import os
 import pathlib
 import shutil
 import tempfile
-import warnings
 
 import numpy as np
 
@@ -76,38 +75,3 @@ def disk_full_is_clear(what):
       raise DiskFull(errno.ENOSPC, f'disk full while writing {what}; the partial write was removed. Free space '
                      'and re-run the same command to continue') from e
     raise
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir):
-  """One run per workdir. The lock is an flock, which the kernel drops when its process dies, so a
-  killed run's lock is never stale; the file records who holds it for the error message."""
-  import fcntl
-  import socket
-  path = pathlib.Path(workdir) / '.lock'
-  path.parent.mkdir(parents=True, exist_ok=True)
-  f = open(path, 'a+')
-  try:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      f.seek(0)
-      holder = f.read().strip() or 'an unknown process'
-      raise RuntimeError(f'workdir {workdir} is in use: {path} is held by {holder}. Wait for that run to finish '
-                         'or use another workdir') from None
-    f.seek(0)
-    previous = f.read().strip()
-    if previous:
-      warnings.warn(f'taking over the lock {path} left by {previous}, which is no longer running')
-    f.seek(0)
-    f.truncate()
-    f.write(f'pid {os.getpid()} on {socket.gethostname()}')
-    f.flush()
-    try:
-      yield
-    finally:
-      f.seek(0)
-      f.truncate()
-      f.flush()
-  finally:
-    f.close()  # closing releases the flock

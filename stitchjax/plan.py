@@ -9,7 +9,7 @@ and estimates the feature cache's size on disk from the split sizes and token sh
 import dataclasses
 import pathlib
 
-from stitchjax import backbone, data, protocol, vit
+from stitchjax import backbone, cells, data, vit
 from stitchjax.records import Cell
 from convert.common import CheckpointError
 
@@ -55,31 +55,31 @@ def cache_bytes(configs: dict, layers: list[int], split_sizes: dict) -> int:
 
 
 def make(config) -> Plan:
-  protocol.validate(config)
-  used = list(dict.fromkeys(b for pair in protocol.pairs(config) for b in pair))
+  cells.validate(config)
+  used = list(dict.fromkeys(b for pair in cells.pairs(config) for b in pair))
   configs = {}
   for name in used:
     try:
       configs[name] = describe(name, config.backbones[name])
     except CheckpointError as e:
       configs[name] = str(e)
-  protocol.validate(config, {n: c for n, c in configs.items() if isinstance(c, vit.ViTConfig)})
+  cells.validate(config, {n: c for n, c in configs.items() if isinstance(c, vit.ViTConfig)})
   try:
     splits = data.load(config.data).splits
     split_sizes = {name: len(split) for name, split in splits.items()}
   except Exception as e:  # the data is often not on the machine that plans: say why, plan the rest
     split_sizes = f'{type(e).__name__}: {e}'
-  layers = protocol.typed_list(config, 'layers', int)
+  layers = cells.typed_list(config, 'layers', int)
   known = all(isinstance(c, vit.ViTConfig) for c in configs.values()) and isinstance(split_sizes, dict)
   work = pathlib.Path(config.workdir) / 'cells'
-  lrs = protocol.typed_list(config, 'train.lrs', float)
-  cells, all_units = {}, set()
-  for cell in protocol.expand(config):
+  lrs = cells.typed_list(config, 'train.lrs', float)
+  status, all_units = {}, set()
+  for cell in cells.expand(config):
     if (work / cell.id / 'result.json').exists():
-      cells[cell.id] = 'done'
+      status[cell.id] = 'done'
     else:
-      cells[cell.id] = 'partial' if any((work / u).exists() for u in units(cell)) else 'pending'
+      status[cell.id] = 'partial' if any((work / u).exists() for u in units(cell)) else 'pending'
     all_units |= {(u, lr) for u in units(cell) for lr in lrs}
   done = sum((work / u / f'lr_{lr:g}' / 'done.json').exists() for u, lr in all_units)
-  return Plan(cells, len(all_units), done, configs, split_sizes,
+  return Plan(status, len(all_units), done, configs, split_sizes,
               cache_bytes(configs, layers, split_sizes) if known else None)

@@ -6,7 +6,7 @@ import tempfile
 os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 # One persistent XLA cache for the session, inherited by pytest-xdist's workers and the tests' subprocesses:
 # many modules and processes compile the same tiny models' programs. Its size bound turns on JAX's file
-# lock, which concurrent processes need (stitchjax.protocol.compilation_cache). The process that made it
+# lock, which concurrent processes need (stitchjax.workdir.compilation_cache). The process that made it
 # (xdist's controller, or pytest alone) removes it.
 _OWN_CACHE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
@@ -31,7 +31,7 @@ def _fresh_compilation_caches():
 # The longest modules first (--durations on 2 cores), so that pytest-xdist's two workers, which take a
 # module at a time in this order, finish together instead of one starting the demo as the other ends.
 LONGEST_FIRST = ('test_demo.py', 'test_distributed.py', 'test_faults.py', 'test_pretrain.py', 'test_segmentation.py',
-                 'test_train.py', 'test_tree.py', 'test_protocol.py')
+                 'test_train.py', 'test_tree.py', 'test_model.py', 'test_protocol.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 import helpers as H
-from stitchjax import atomic, features, objectives, train
+from stitchjax import atomic, features, objectives, train, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 HOLD_LOCK = '''
 import sys, time
-from stitchjax import atomic
-with atomic.workdir_lock(sys.argv[1]):
+from stitchjax import workdir
+with workdir.lock(sys.argv[1]):
   print('locked', flush=True)
   time.sleep(60)
 '''
@@ -37,7 +37,7 @@ def test_a_second_run_on_a_workdir_stops_naming_the_lock_and_holder(tmp_path):
   p = _holder(tmp_path)
   try:
     with pytest.raises(RuntimeError, match=rf'{tmp_path}/.lock is held by pid {p.pid} on '):
-      with atomic.workdir_lock(tmp_path):
+      with workdir.lock(tmp_path):
         pass
   finally:
     p.kill()
@@ -49,7 +49,7 @@ def test_a_killed_runs_lock_is_taken_over(tmp_path):
   os.kill(p.pid, signal.SIGKILL)
   p.wait()
   with pytest.warns(UserWarning, match=f'taking over the lock .* left by pid {p.pid}'):
-    with atomic.workdir_lock(tmp_path):
+    with workdir.lock(tmp_path):
       pass
 
 
@@ -274,10 +274,10 @@ def test_corrupt_images_are_named_or_skipped_and_counted(tmp_path, skip):
   c.train.batch_size = {'lfm': 8, 'default': 8}
   if not skip:
     with pytest.raises(ValueError, match=f'1 unreadable image.* in the test split:\n  {bad}'):
-      protocol.Runner(c)
+      protocol.runner(c)
     return
   with pytest.warns(UserWarning, match='skipping 1 unreadable test image'):
-    runner = protocol.Runner(c)
+    runner = protocol.runner(c)
   assert runner.skipped == {'train': 0, 'val': 0, 'test': 1} and len(runner.data.splits['test']) == 5
 
 
@@ -292,7 +292,7 @@ def test_config_errors_before_compute_name_the_field(tmp_path):
   c.train.batch_size = {'lfm': 8, 'default': 8}
   c.layers = '1,3'
   with pytest.raises(ValueError, match=r"config.layers: layer 3 is outside 1..2 for backbone 'b'"):
-    protocol.Runner(c)
+    protocol.runner(c)
   c.layers = '1'
   c.train.batch_size = {'lfm': 0, 'default': 8}
   with pytest.raises(ValueError, match=r'config.train.batch_size.lfm=0 must be positive'):
@@ -300,7 +300,7 @@ def test_config_errors_before_compute_name_the_field(tmp_path):
   c.train.batch_size = {'lfm': 8, 'default': 8}
   c.data.root = str(tmp_path / 'nowhere')
   with pytest.raises((ValueError, FileNotFoundError), match='nowhere'):
-    protocol.Runner(c)
+    protocol.runner(c)
 
 
 def test_a_workdir_refuses_another_dataset(tmp_path):
@@ -312,15 +312,15 @@ def test_a_workdir_refuses_another_dataset(tmp_path):
                            backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
   c.pairs, c.layers = 'b:b', '1'
   c.train.batch_size = {'lfm': 8, 'default': 8}
-  protocol.Runner(c)
-  protocol.Runner(c)  # the same setup resumes
+  protocol.runner(c)
+  protocol.runner(c)  # the same setup resumes
   c.data.classes = ('red', 'green')
   with pytest.raises(ValueError, match='class-count mismatch: .* 3 classes, but config.data gives 2'):
-    protocol.Runner(c)
+    protocol.runner(c)
   c.data.classes = None
   c.train.lrs = '0.5'
   with pytest.raises(ValueError, match=r"different train \(\['train'\]\)"):
-    protocol.Runner(c)
+    protocol.runner(c)
 
 
 def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -331,7 +331,7 @@ def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
   c = config_lib.stitching(str(tmp_path / 'work'), dict(kind='image_folder', root=str(tmp_path / 'data')),
                            backbones={'b': {'path': str(tmp_path / 'b'), 'image_size': 32}})
   with pytest.raises(ValueError, match=r'the val split of config.data is empty \(data.val_fraction=0.1'):
-    protocol.Runner(c)
+    protocol.runner(c)
   c.data.val_fraction = 0.25
   c.workdir = str(tmp_path / 'work2')
   c.pairs, c.layers, c.methods = 'b:b', '1', 'lp,lfm'
@@ -340,7 +340,7 @@ def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
   def nan(self, cell):
     raise FloatingPointError(f'{cell.id} lr=0.01: loss nan at step 3 of epoch 0')
-  monkeypatch.setattr(protocol.Runner, 'run_lp', nan)
+  monkeypatch.setattr(protocol.Runner, "lp", nan)
   with pytest.warns(UserWarning, match='cell lp__b failed'):
     records = protocol.run(c)
   failed = [r for r in records if r['metric'] == 'failed']

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # the .pth reader falls back to a restricted unpickler without it).
 OPTIONAL = {'tensorflow_datasets': 'data', 'torch': 'test', 'huggingface_hub': 'hub', 'tensorboardX': 'tensorboard'}
 # Declared for what the library asks of jax, which imports them only when asked.
-FOR_JAX = {'filelock'}  # jax_compilation_cache_max_size (stitchjax.protocol.compilation_cache)
+FOR_JAX = {'filelock'}  # jax_compilation_cache_max_size (stitchjax.workdir.compilation_cache)
 
 
 def _project() -> dict:

@@ -87,11 +87,11 @@ def test_a_workdir_refuses_a_backbone_run_at_another_image_size(setup, tmp_path)
                                                         val_fraction=0.25, seed=0),
                            backbones={'a': {'path': str(tmp_path / 'dinov3'), 'image_size': 32}})
   c.pairs, c.methods, c.layers = 'a:a', 'lp', '1'
-  protocol.Runner(c)  # records the workdir's identity
-  protocol.Runner(c)  # the same setup is welcome
+  protocol.runner(c)  # records the workdir's identity
+  protocol.runner(c)  # the same setup is welcome
   c.backbones.a.image_size = 64
   with pytest.raises(ValueError, match=r"different backbones \(\['a'\]\)"):
-    protocol.Runner(c)
+    protocol.runner(c)
 
 
 def test_export_reloads_and_reproduces_predictions(setup):
@@ -250,10 +250,10 @@ def test_probe_features_are_standardised_by_the_train_split_alone():
 
 def test_remat_switch_reaches_the_target_suffix(setup):
   config, _ = setup
-  runner = protocol.Runner(config)
+  runner = protocol.runner(config)
   cell = protocol.Cell('dinov2', 'siglip', 1, 'ffm', 'mlp')
   assert not runner._stitched(cell)[0].target.remat
   remat = config.copy_and_resolve_references()
   remat.remat = True
-  model = protocol.Runner(remat)._stitched(cell)[0]
+  model = protocol.runner(remat)._stitched(cell)[0]
   assert model.target.remat and model.target == dataclasses.replace(runner._stitched(cell)[0].target, remat=True)

@@ -221,7 +221,7 @@ def seg_run(tmp_path_factory):
   c = _seg_config(root / 'work', backbones)
   source, target = list(backbones)
   records = protocol.run(c)
-  records += protocol.Runner(c).run(protocol.Cell(source, target, 6, 'ffm', 'mlp'))
+  records += protocol.runner(c).run(protocol.Cell(source, target, 6, 'ffm', 'mlp'))
   return c, records, (source, target)
 
 
@@ -282,7 +282,7 @@ def test_the_exported_segmenter_predicts_the_recorded_test_pixels(seg_run):
 def test_segmentation_rerun_computes_nothing(seg_run, monkeypatch):
   config, records, (source, target) = seg_run
   ffm = protocol.Cell(source, target, 6, 'ffm', 'mlp')
-  assert protocol.Runner(config).run(ffm) == [r for r in records if r['method'] == 'ffm']
+  assert protocol.runner(config).run(ffm) == [r for r in records if r['method'] == 'ffm']
   before = (pathlib.Path(config.workdir) / 'results.json').read_text()
   monkeypatch.setattr(train, 'fit', lambda *a, **k: pytest.fail('a finished unit was retrained'))
   protocol.run(config)

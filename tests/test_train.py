@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from stitchjax import config_lib, protocol, train
+from stitchjax import config_lib, train, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -64,13 +64,13 @@ def test_the_persistent_compilation_cache_is_written_and_the_settings_restored(t
   config = config_lib.stitching(str(tmp_path / 'work'), {'kind': 'image_folder', 'root': 'unused'})
   config.compilation_cache_dir = str(tmp_path / 'xla')
   before = jax.config.jax_compilation_cache_dir
-  with protocol.compilation_cache(config):
+  with workdir.compilation_cache(config):
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'xla')
     jax.jit(lambda x: x * 3 + 1)(np.arange(7.0)).block_until_ready()
   assert jax.config.jax_compilation_cache_dir == before
   assert any((tmp_path / 'xla').glob('*-cache')), list((tmp_path / 'xla').iterdir())
   config.compilation_cache_dir = 'none'
-  with protocol.compilation_cache(config):
+  with workdir.compilation_cache(config):
     assert jax.config.jax_compilation_cache_dir == before
 
 
@@ -79,10 +79,10 @@ def test_a_run_uses_the_workdir_cache_unless_jax_has_one(tmp_path):
   before = jax.config.jax_compilation_cache_dir
   try:
     jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'users'))
-    with protocol.compilation_cache(config):
+    with workdir.compilation_cache(config):
       assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'users')
     jax.config.update('jax_compilation_cache_dir', None)
-    with protocol.compilation_cache(config):
+    with workdir.compilation_cache(config):
       assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'work' / 'cache' / 'xla')
   finally:
     jax.config.update('jax_compilation_cache_dir', before)

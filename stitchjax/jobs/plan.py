@@ -6,7 +6,7 @@ without computing anything (stitchjax/plan.py).
 import pathlib
 
 from stitchjax import plan as plan_lib
-from stitchjax import protocol, vit
+from stitchjax import cells, vit
 
 
 def run(config) -> plan_lib.Plan:
@@ -19,7 +19,7 @@ def run(config) -> plan_lib.Plan:
     print(f'{cell:<{width}}  {status}')
   count = {s: sum(v == s for v in plan.cells.values()) for s in ('done', 'partial', 'pending')}
   print(f'{len(plan.cells)} cells ({count["done"]} done, {count["partial"]} partial, {count["pending"]} pending); '
-        f'{plan.units} training units over {len(protocol.typed_list(config, "train.lrs", float))} learning rates, '
+        f'{plan.units} training units over {len(cells.typed_list(config, "train.lrs", float))} learning rates, '
         f'{plan.units - plan.units_done} left')
   if isinstance(plan.split_sizes, str):
     print(f'data: not readable here ({plan.split_sizes}); feature cache size unknown')

@@ -8,18 +8,17 @@ import json
 import pathlib
 
 import jax
-import ml_collections
 import numpy as np
 
-from stitchjax import atomic, distributed, objectives, protocol, records
+from stitchjax import atomic, cells, distributed, objectives, protocol, records, workdir
 from stitchjax import tree as tree_lib
 from stitchjax import data as data_lib
 from stitchjax import stitch_layers as stitch_lib
 
 
-def _tree_config(config):
-  """The config's names checked before any compute (each error names its field); pairs derived for the runner."""
-  names = [config.trunk, *protocol.as_list(config.branches)]
+def _names(config) -> list[str]:
+  """The trunk and branches, checked with the rest of the config before any compute (errors name the field)."""
+  names = [config.trunk, *cells.as_list(config.branches)]
   for field, name in zip(['trunk'] + ['branches'] * (len(names) - 1), names):
     if name not in config.backbones:
       raise ValueError(f'config.{field}: unknown backbone {name!r}; expected one of {sorted(config.backbones)}')
@@ -30,11 +29,8 @@ def _tree_config(config):
     raise ValueError(f'config.stitch_layer={config.stitch_layer!r}: the tree takes one of {stitch_lib.STITCH_LAYERS}')
   if int(config.out_layer) < 0:
     raise ValueError(f'config.out_layer={config.out_layer} must be a block index, or 0 for the penultimate block')
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.pairs = ','.join(f'{config.trunk}:{b}' for b in names[1:])  # the runner loads and identifies these
-  c.methods = 'lp'
-  protocol.validate(c)
-  return c, names
+  cells.validate(config)
+  return names
 
 
 def _pooled_features(fns: dict, split, preprocess: dict, batch_size: int) -> dict:
@@ -55,17 +51,18 @@ def run(config) -> list[dict]:
   """Full, VST-n and each backbone alone, linear-probed on the tree's pooled output; vst.json and vst.md.
 
   Each stitch is trained by FFM from the trunk's cached tokens (label-free), each probe by the
-  protocol's learning-rate sweep with early stopping on val; every unit resumes (protocol.Runner).
+  protocol's learning-rate sweep with early stopping on val; every unit resumes (protocol.Runner, built
+  for the trunk and branches).
   """
-  config, names = _tree_config(config)
+  names = _names(config)
   out_layer = int(config.out_layer) or None  # 0: each backbone's penultimate block
-  workdir = pathlib.Path(config.workdir)
-  with protocol.session(config):
-    runner = protocol.Runner(config)
+  root = pathlib.Path(config.workdir)
+  with workdir.session(config):
+    runner = protocol.runner(config, names)
     bbs = {n: runner.backbones[n] for n in names}
     params = {n: bbs[n].params for n in names}
     trees = {}
-    for layer in protocol.as_list(config.layers):
+    for layer in cells.as_list(config.layers):
       try:
         trees[f'vst_{layer}'] = tree_lib.StitchTree(tuple(names), tuple(bbs[n].config for n in names), int(layer),
                                                     out_layer, config.stitch_layer, int(config.lora_rank), mof=False)
@@ -78,7 +75,7 @@ def run(config) -> list[dict]:
     cache = lambda name, split, layer: runner.cache.tokens(
         bbs[name], name, runner.data.splits[split], split, layers=cached[name],
         batch_size=int(config.feature_batch_size))[f'layer_{layer}']
-    bs = runner.batch_size('ffm')
+    bs = runner.settings.batch_size('ffm')
     fns = {'full': (functools.partial(tree_lib.full, base, tree_lib.full_params(base, params)),
                     dict(zip(names, base.configs)))}
     for key, tree in trees.items():
@@ -120,12 +117,12 @@ def run(config) -> list[dict]:
       gain = tree_lib.normalised_gain(r['test_accuracy'], acc[f'alone_{names[0]}'], acc['full'])
       r['normalised_gain'] = gain if on_scale else None
     if distributed.is_main():
-      _write_tables(workdir, rows, names)
+      _write_tables(root, rows, names)
   return rows
 
 
-def _write_tables(workdir: pathlib.Path, rows: list[dict], names: list) -> None:
-  atomic.write_text(workdir / 'vst.json', json.dumps({'trunk': names[0], 'branches': names[1:], 'rows': rows},
+def _write_tables(root: pathlib.Path, rows: list[dict], names: list) -> None:
+  atomic.write_text(root / 'vst.json', json.dumps({'trunk': names[0], 'branches': names[1:], 'rows': rows},
                                                      indent=1))
   pct = lambda v: '–' if v is None else f'{100 * v:.1f}%'
   intro = [f'# VFM Stitch Tree: accuracy against compute (trunk {names[0]}, branches {", ".join(names[1:])})', '',
@@ -139,5 +136,5 @@ def _write_tables(workdir: pathlib.Path, rows: list[dict], names: list) -> None:
         f"{100 * r['test_accuracy']:.1f}", pct(r['normalised_gain'])]
        for r in sorted(rows, key=lambda r: (r['blocks'], r['variant']))])
   text = '\n'.join(intro) + '\n' + table
-  atomic.write_text(workdir / 'vst.md', text)
+  atomic.write_text(root / 'vst.md', text)
   print(text, end='')
