@@ -6,7 +6,7 @@ Two 8-block ViTs on 28x28 inputs (patch 4, a 7x7 grid), trained on the training 
 Fashion-MNIST classes 0-4 (T-shirt/top, trouser, pullover, dress, coat) only; the demo's
 classes 5-9 are never seen. `dino_mini` has the DINOv2 layout and learns without labels by
 DINO self-distillation; `siglip_mini` has the SigLIP layout and learns the labels with a
-sigmoid loss against learned label embeddings (stitchjax/pretrain.py). Each fits about ten
+sigmoid loss against learned label embeddings (stitchjax/pretrain/). Each fits about ten
 minutes on two CPU cores. A k-NN probe on classes 5-9 (both halves drawn from the training
 file; the test file stays untouched) is logged before training and after every epoch.
 """

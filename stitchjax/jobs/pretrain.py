@@ -1,4 +1,4 @@
-"""Job 'pretrain': trains every model in config.models (stitchjax/pretrain.py), writes their exports in
+"""Job 'pretrain': trains every model in config.models (stitchjax/pretrain/), writes their exports in
 the transformers layout and pretrain_log.json (configs/pretrain_mini.py)."""
 import datetime
 import json
