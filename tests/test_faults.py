@@ -14,44 +14,9 @@ import numpy as np
 import pytest
 
 import helpers as H
-from stitchjax import atomic, features, objectives, train, workdir
+from stitchjax import atomic, features, objectives, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-HOLD_LOCK = '''
-import sys, time
-from stitchjax import workdir
-with workdir.lock(sys.argv[1]):
-  print('locked', flush=True)
-  time.sleep(60)
-'''
-
-
-def _holder(workdir):
-  p = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-  assert p.stdout.readline().strip() == 'locked'
-  return p
-
-
-def test_a_second_run_on_a_workdir_stops_naming_the_lock_and_holder(tmp_path):
-  p = _holder(tmp_path)
-  try:
-    with pytest.raises(RuntimeError, match=rf'{tmp_path}/.lock is held by pid {p.pid} on '):
-      with workdir.lock(tmp_path):
-        pass
-  finally:
-    p.kill()
-    p.wait()
-
-
-def test_a_killed_runs_lock_is_taken_over(tmp_path):
-  p = _holder(tmp_path)
-  os.kill(p.pid, signal.SIGKILL)
-  p.wait()
-  with pytest.warns(UserWarning, match=f'taking over the lock .* left by pid {p.pid}'):
-    with workdir.lock(tmp_path):
-      pass
-
 
 def _fit(ckpt, epochs, lr=1e-2, checkpoint_every_s=0.0):
   model, frozen, init, arrays = H.tiny_problem('ffm_loss')
