@@ -93,3 +93,14 @@ def test_a_schedule_rejects_non_positive_fields(field):
   fields = {'lr': 1e-3, 'epochs': 2, 'patience': 2, 'batch_size': 4} | {field: 0}
   with pytest.raises(ValueError, match=f'train.{field}=0 must be positive'):
     train.Schedule(**fields)
+
+
+def test_one_batcher_draws_every_array_batch():
+  """train.batches and the pretraining loop read their batches from train.batch_indices."""
+  idx = list(train.batch_indices(10, 4, seed=1, epoch=2))
+  assert [len(i) for i in idx] == [4, 4, 2] and sorted(np.concatenate(idx)) == list(range(10))
+  full = list(train.batch_indices(10, 4, seed=1, epoch=2, drop_remainder=True))
+  assert [list(i) for i in full] == [list(i) for i in idx[:2]]
+  assert [list(i) for i in train.batch_indices(10, 4, seed=1, epoch=3)] != [list(i) for i in idx]
+  batches = list(train.batches({'x': np.arange(10)}, 4, seed=1, epoch=2))
+  assert [list(b['x'][b['mask'] > 0]) for b in batches] == [sorted(i) for i in idx]

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from stitchjax import data, vit
+from stitchjax import data, train, vit
 from stitchjax.pretrain.augment import Augment
 from stitchjax.pretrain.dino import Dino, dino_init, dino_schedule, dino_step
 from stitchjax.pretrain.evaluate import label_accuracy, probe
@@ -40,13 +40,6 @@ def images(split: data.Split, size: int) -> np.ndarray:
   if images.shape[1:] != (size, size, 3):
     raise ValueError(f'pretraining needs {size}x{size} RGB images, got {images.shape[1:]} from {split.kind}')
   return images.astype(np.uint8)
-
-
-def _batches(n: int, batch_size: int, seed: int, epoch: int):
-  """Index arrays of full batches of a fresh permutation per (seed, epoch); the remainder is dropped."""
-  order = np.random.default_rng([seed, epoch]).permutation(n)
-  for start in range(0, n - batch_size + 1, batch_size):
-    yield order[start:start + batch_size]
 
 
 def _objective(spec, cfg: vit.ViTConfig, num_labels: int, tx, norm, key):
@@ -94,7 +87,8 @@ def train_model(name: str, spec, pool: dict, val: dict, held_out: dict, norm, se
   bar = tqdm(total=total, desc=name, unit='step')
   window = []
   for epoch in range(spec.epochs):
-    for idx in _batches(len(pool['images']), spec.batch_size, seed, epoch):
+    batches = train.batch_indices(len(pool['images']), spec.batch_size, seed=seed, epoch=epoch, drop_remainder=True)
+    for idx in batches:
       i = bar.n
       state, metrics = step_fn(state, *step_args(pool['images'][idx], pool['labels'][idx],
                                                  jax.random.fold_in(data_key, i), i, total))
