@@ -21,7 +21,7 @@ import numpy as np
 
 from convert import common, hub, load_checkpoint, read_fields, resample
 from convert.common import CheckpointError
-from stitchjax import atomic
+from stitchjax import atomic, checkpoints
 from stitchjax import preprocess as preprocess_lib
 from stitchjax import vit
 
@@ -139,12 +139,11 @@ def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, head
 
 def save_backbone(bb: Backbone, out, overwrite: bool = False) -> None:
   """Writes an orbax checkpoint of the params plus `stitchjax.json`, atomically (temp dir, then rename)."""
-  import orbax.checkpoint as ocp
   out = pathlib.Path(out).absolute()
   if out.exists() and not overwrite:
     raise FileExistsError(f'{out} exists; pass overwrite=True (--force) to replace it')
   with atomic.directory(out) as tmp:
-    ocp.PyTreeCheckpointer().save(tmp / EXPORT_PARAMS, jax.tree.map(np.asarray, bb.params))
+    checkpoints.save_tree(tmp / EXPORT_PARAMS, bb.params)
     meta = {'format_version': FORMAT_VERSION, 'config': bb.config.to_dict() | {'dtype': 'float32'},
             'position_resampling': bb.position_resampling, 'processor_config': bb.processor_config}
     (tmp / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
@@ -178,11 +177,10 @@ def _export_meta(path: pathlib.Path) -> tuple[vit.ViTConfig, str, dict | None]:
 
 
 def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:
-  import orbax.checkpoint as ocp
   cfg, method, processor = _export_meta(path)
   fields = cfg.to_dict()
   try:
-    params = ocp.PyTreeCheckpointer().restore((path / EXPORT_PARAMS).absolute())
+    params = checkpoints.load_tree(path / EXPORT_PARAMS)
   except Exception as e:
     raise CheckpointError(f'{path / EXPORT_PARAMS}: cannot restore the orbax checkpoint ({e})') from e
   want = common.flat_paths(jax.eval_shape(functools.partial(vit.init_params, cfg), jax.random.key(0)))

@@ -26,7 +26,7 @@ import numpy as np
 
 from stitchjax import atomic
 from stitchjax import backbone as backbone_lib
-from stitchjax import features, tasks, train
+from stitchjax import checkpoints, features, tasks
 from stitchjax import model as model_lib
 from stitchjax import stitch_layers as stitch_lib
 from convert.common import CheckpointError
@@ -77,7 +77,7 @@ def save_stitched(out, spec: stitch_lib.StitchSpec, params: dict, classes: list,
   out = pathlib.Path(out)
   backbones = {role: info | backbone_location(info['path'], out) for role, info in sources.items()}
   with atomic.directory(out) as tmp:
-    train.save_tree(tmp / 'params', params)
+    checkpoints.save_tree(tmp / 'params', params)
     meta = {'format_version': FORMAT_VERSION, 'kind': spec.kind, 'layer': spec.layer, 'lora_rank': spec.lora_rank,
             'dtype': spec.dtype, 'task': task, 'label_size': label_size, 'classes': list(classes),
             'backbones': backbones}
@@ -121,7 +121,7 @@ def load_stitched(directory, source=None, target=None) -> Exported:
   model = model_lib.stitch(bbs['source'], bbs['target'], meta['layer'], meta['kind'], num_classes=len(meta['classes']),
                            task=task, lora_rank=meta['lora_rank'], dtype=meta['dtype'])
   try:
-    params = train.load_tree(directory / 'params', model.init(jax.random.key(0)))
+    params = checkpoints.load_tree(directory / 'params', model.init(jax.random.key(0)))
   except Exception as e:
     raise CheckpointError(f'{directory / "params"}: cannot restore the stitch parameters ({e})') from e
   return Exported(model, params, meta['classes'])

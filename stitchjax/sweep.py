@@ -8,7 +8,7 @@ import dataclasses
 import json
 import pathlib
 
-from stitchjax import distributed, metrics, train
+from stitchjax import checkpoints, distributed, metrics, train
 from stitchjax.cells import typed_list
 from stitchjax.workdir import write_json
 
@@ -45,12 +45,12 @@ class Sweep:
                                     desc=f'{unit} lr={lr:g}', placement=self.placement, log=self.log)
         self.log.end(f'{unit} lr={lr:g}', f'done after {history["epochs"]} epochs, '
                                           f'best val {history["best_val_score"]:.4g}')
-        train.save_tree(d / 'params', params)
+        checkpoints.save_tree(d / 'params', params)
         write_json(d / 'done.json', {'lr': lr, 'val_score': history['best_val_score'], 'history': history})
         trained[lr], done[lr] = params, history['best_val_score']
       else:
         done[lr] = json.loads((d / 'done.json').read_text())['val_score']
     best = max(done, key=lambda lr: (done[lr], -lr))  # ties go to the smaller learning rate
     if best not in trained:
-      trained[best] = train.load_tree(root / f'lr_{best:g}' / 'params', init)
+      trained[best] = checkpoints.load_tree(root / f'lr_{best:g}' / 'params', init)
     return trained[best], best, done[best]

@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterator
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
-from stitchjax import atomic, distributed
+from stitchjax import atomic, checkpoints, distributed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,27 +225,16 @@ def fit(loss_fn: Callable, score_fn: Callable, params, frozen, train: dict, val:
 def _manager(ckpt_dir):
   if ckpt_dir is None:
     return None
-  import orbax.checkpoint as ocp
   directory = pathlib.Path(ckpt_dir).absolute()
   directory.mkdir(parents=True, exist_ok=True)  # orbax creates no directory for a process-local manager
   options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=False,
-                                         multiprocessing_options=_this_process_only())
+                                         multiprocessing_options=checkpoints.this_process_only())
   return ocp.CheckpointManager(directory, options=options)
-
-
-def _this_process_only():
-  """orbax options for a checkpoint that this process alone reads or writes. Trained parameters are
-  replicated and small, so process 0 saves them and no process waits in orbax's cross-process
-  barriers (stitchjax/distributed.py); every process restores from the shared workdir."""
-  import orbax.checkpoint as ocp
-  me = jax.process_index()
-  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
 
 
 def _save(manager, step: int, state: State) -> None:
   """Process 0 saves the step, then records the size and crc32 of each of its files, which is what
   proves a step corrupt later rather than merely unreadable for a moment (see _restore)."""
-  import orbax.checkpoint as ocp
   state = distributed.to_host(state)
   if not distributed.is_main():
     return
@@ -284,8 +273,7 @@ def _restore(manager, state: State) -> State:
   """The latest readable step. A step proven corrupt (_damage) is skipped with a warning naming it, and
   removed; any other failure is retried, then raised with the step kept: a storage hiccup must
   never destroy a good checkpoint."""
-  import orbax.checkpoint as ocp
-  abstract = _numpy_like(state)
+  abstract = checkpoints.numpy_like(state)
   for step in sorted(manager.all_steps(), reverse=True):
     for attempt in range(RESTORE_ATTEMPTS):
       try:
@@ -304,30 +292,3 @@ def _restore(manager, state: State) -> State:
                         f'storage answers again (or delete {manager.directory}/{step} to train that part again)') from e
         time.sleep(2**attempt)
   return state
-
-
-def _numpy_like(tree):
-  """What orbax restores into: numpy arrays of `tree`'s shapes and dtypes, so that a restore lands on the host."""
-  return jax.tree.map(lambda a: np.zeros(np.shape(a), jnp.asarray(a).dtype), tree)
-
-
-def save_tree(path: pathlib.Path, tree) -> None:
-  """An orbax checkpoint of a pytree, written by process 0; orbax writes to a temporary directory and
-  renames it when complete."""
-  import orbax.checkpoint as ocp
-  tree = distributed.to_host(tree)
-  if not distributed.is_main():
-    return
-  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
-  with atomic.disk_full_is_clear(path):
-    # force: a run killed between this save and its done.json mark saves again on resume.
-    checkpointer.save(pathlib.Path(path).absolute(), tree, force=True)
-    checkpointer.wait_until_finished()
-
-
-def load_tree(path: pathlib.Path, like):
-  """numpy arrays shaped like `like`, on every process."""
-  import orbax.checkpoint as ocp
-  abstract = _numpy_like(like)
-  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
-  return checkpointer.restore(pathlib.Path(path).absolute(), abstract)

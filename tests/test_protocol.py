@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import helpers as H
-from stitchjax import config_lib, jobs, load_stitched, protocol, train
+from stitchjax import checkpoints, config_lib, jobs, load_stitched, protocol, train
 from stitchjax.records import PAIR_ARROW
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_the_api_fit_is_the_protocols_trainer(setup):
                          lr=float(c.train.lrs), epochs=c.train.epochs, patience=c.train.patience,
                          batch_size=c.train.batch_size['default'], weight_decay=c.train.weight_decay, seed=c.seed)
   unit = work / 'cells' / 'dinov2__siglip__L1__tlt__mlp' / 'tlt' / 'lr_0.01' / 'params'
-  jax.tree.map(np.testing.assert_array_equal, params, train.load_tree(unit, params))
+  jax.tree.map(np.testing.assert_array_equal, params, checkpoints.load_tree(unit, params))
 
 
 def test_every_run_gets_a_report_of_what_it_measured(setup):
