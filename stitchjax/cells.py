@@ -111,7 +111,7 @@ def validate_training(config) -> None:
 def validate_task(config) -> None:
   """config.task (and label_size) against the kind of config.data."""
   task = tasks.from_config(config).name
-  data_task = 'segmentation' if config.data.get('kind') in data_lib.PIXEL_CLASSES else 'classification'
+  data_task = data_lib.task_of(config.data.get('kind'))
   if task != data_task:
     raise ValueError(f'config.task={task!r}, but config.data.kind={config.data.get("kind")!r} is a {data_task} '
                      f'dataset; segmentation kinds are {sorted(data_lib.PIXEL_CLASSES)}')

@@ -72,14 +72,14 @@ def backbone_location(path, out) -> dict:
 
 
 def save_stitched(out, spec: stitch_lib.StitchSpec, params: dict, classes: list, sources: dict,
-                  task: str = 'classification', label_size: int | None = None) -> None:
+                  task=tasks.Classification()) -> None:
   """sources: {'source': {'path', 'image_size', 'digest'}, 'target': {...}}; written atomically."""
   out = pathlib.Path(out)
   backbones = {role: info | backbone_location(info['path'], out) for role, info in sources.items()}
   with atomic.directory(out) as tmp:
     checkpoints.save_tree(tmp / 'params', params)
     meta = {'format_version': FORMAT_VERSION, 'kind': spec.kind, 'layer': spec.layer, 'lora_rank': spec.lora_rank,
-            'dtype': spec.dtype, 'task': task, 'label_size': label_size, 'classes': list(classes),
+            'dtype': spec.dtype, 'task': task.name, 'label_size': task.label_size, 'classes': list(classes),
             'backbones': backbones}
     (tmp / 'stitched.json').write_text(json.dumps(meta, indent=2))
 

@@ -207,14 +207,14 @@ class _Build:
     if i is None:
       return out
     bb, start, stop = self.bb, *self.chunks[i]
-    final = 'final' in out or 'pooled' in out
     # On the host: slicing and casting a device array would compile once per batch size.
     for images, _, idx in data_lib.batches(self.split.subset(np.arange(start, stop)), bb.preprocess,
                                            self.batch_size, shuffle=False, seed=0):
       valid = len(idx)
-      for name, x in forward(bb, bb.params, pad(images, self.batch_size), self.key['layers'], final).items():
-        if name in out:
-          out[name][idx] = np.asarray(x)[:valid].astype(BF16).view(np.uint16)
+      tokens = forward(bb, bb.params, pad(images, self.batch_size), self.key['layers'], self.key['final'],
+                       self.key['pooled'])
+      for name, x in tokens.items():
+        out[name][idx] = np.asarray(x)[:valid].astype(BF16).view(np.uint16)
     return out
 
   def _commit(self, out: dict, i: int, values: dict) -> None:
@@ -252,18 +252,20 @@ def pad(rows: np.ndarray, size: int) -> np.ndarray:
   return rows if len(rows) == size else np.concatenate([rows, np.zeros((size - len(rows), *rows.shape[1:]), rows.dtype)])
 
 
-def forward(bb, params, images, layers=(), final: bool = False) -> dict:
+def forward(bb, params, images, layers=(), final: bool = False, pooled: bool = False) -> dict:
   """One pass of a backbone over preprocessed images: {'layer_<n>': tokens after block n for each of
-  `layers`, and with `final` the final tokens and, when the backbone pools, 'pooled'}."""
-  cfg, out = bb.config, {}
+  `layers`, and as asked 'final' (the final tokens) and 'pooled' (B, D)}."""
+  out = {}
   x, at = bb.embed(params, images), 0
   for layer in sorted(layers):
     x, at = bb.blocks(params, x, at, layer), layer
     out[f'layer_{layer}'] = x
-  if final:
-    out['final'] = bb.final(params, bb.blocks(params, x, at, cfg.depth))
-    if cfg.pool != 'none':
-      out['pooled'] = bb.pool(params, out['final'])
+  if final or pooled:
+    tokens = bb.final(params, bb.blocks(params, x, at, bb.config.depth))
+    if final:
+      out['final'] = tokens
+    if pooled:
+      out['pooled'] = bb.pool(params, tokens)
   return out
 
 

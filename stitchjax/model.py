@@ -23,6 +23,7 @@ from stitchjax import backbone as backbone_lib
 from stitchjax import tasks, vit
 from stitchjax import stitch_layers as stitch_lib
 
+
 @dataclasses.dataclass(frozen=True)
 class Stitched:
   """The composition. trainable: {'stitch', 'head'?}; frozen: {'source'?, 'target', 'block'?} where 'block'
@@ -58,7 +59,7 @@ class Stitched:
 
   def logits(self, trainable, frozen, tokens):
     """The head's logits (B, classes); segmentation: per-pixel (B, label_size, label_size, classes)."""
-    return self.task.logits(trainable['head'], self, trainable, frozen, tokens)
+    return self.task.logits(self, trainable, frozen, tokens)
 
   def init(self, rng, frozen, num_classes: int | None = None) -> dict:
     params = {'stitch': stitch_lib.init(self.spec, rng, frozen.get('block'))}

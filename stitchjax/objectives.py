@@ -30,8 +30,6 @@ from stitchjax.model import Stitched
 from stitchjax.tasks import masked_mean
 
 
-
-
 def sq_dist(a, b):
   """Per-example mean squared distance of (B, ..., D) features, in float32."""
   d = a.astype(jnp.float32) - b.astype(jnp.float32)

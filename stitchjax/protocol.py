@@ -226,8 +226,7 @@ class Runner:
       sources[role] = {'path': path, 'image_size': image_size,
                        'digest': self.cache.backbone_digest(self.backbones[name])}
     if distributed.is_main():
-      export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources,
-                           self.task.name, self.task.label_size)
+      export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources, self.task)
 
 
 def load_data(config, root: pathlib.Path) -> tuple[data_lib.Dataset, dict]:

@@ -49,8 +49,26 @@ def standardised(feats: dict) -> dict:
   return {s: (np.asarray(f, np.float32) - mean) / std for s, f in feats.items()}
 
 
+class _Head:
+  """What both tasks do alike: the head reads what the task chooses (`head_input`) and maps it with
+  `head_logits`, on the stitched model or on a backbone's fixed features (a probe)."""
+
+  def logits(self, model, trainable, frozen, tokens):
+    """model: a stitchjax.model.Stitched run from the source's tokens after block n."""
+    return self.head_logits(trainable['head'], self.head_input(model, trainable, frozen, tokens))
+
+  # A probe of fixed features: batch['features'] is what head_input would give.
+  def probe_loss(self, trainable, frozen, batch):
+    del frozen
+    return self.loss(self.head_logits(trainable['head'], batch['features']), batch)
+
+  def probe_predictions(self, trainable, frozen, batch):
+    del frozen
+    return self.predictions(self.head_logits(trainable['head'], batch['features']), batch)
+
+
 @dataclasses.dataclass(frozen=True)
-class Classification:
+class Classification(_Head):
   """A linear head on the pooled output; accuracy."""
   name = 'classification'
   metric = 'accuracy'
@@ -58,9 +76,11 @@ class Classification:
   label_size = None
   probe_recomputes = False  # a matched stitch's probe reads its pooled outputs, cached once per split
 
-  def logits(self, head, model, trainable, frozen, tokens):
-    """model: a stitchjax.model.Stitched run from the source's tokens after block n."""
-    return head_apply(head, model.pooled(trainable, frozen, tokens))
+  def head_input(self, model, trainable, frozen, tokens):
+    return model.pooled(trainable, frozen, tokens)  # (B, D)
+
+  def head_logits(self, head, features):
+    return head_apply(head, features)
 
   def loss(self, logits, batch):
     return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']), batch['mask'])
@@ -71,15 +91,6 @@ class Classification:
   def score(self, predictions: dict, arrays: dict) -> float:
     pred = predictions['prediction']
     return float(np.mean(pred == np.asarray(arrays['label'][:len(pred)])))
-
-  # A probe of fixed features: batch['features'] (B, D).
-  def probe_loss(self, trainable, frozen, batch):
-    del frozen
-    return self.loss(head_apply(trainable['head'], batch['features']), batch)
-
-  def probe_predictions(self, trainable, frozen, batch):
-    del frozen
-    return self.predictions(head_apply(trainable['head'], batch['features']), batch)
 
   def probe_features(self, entries: dict, cfg) -> dict:
     """{split: a backbone's cache entry} -> what a probe of it reads: the pooled features."""
@@ -103,8 +114,8 @@ class Classification:
 
   def test_records(self, cell: Cell, pred: dict, labels, val: float, **extra) -> list[dict]:
     """The validation score the sweep chose by and the test accuracy."""
-    return [cell.record('val', 'accuracy', val, **extra),
-            cell.record('test', 'accuracy', np.mean(pred['prediction'] == labels), n=len(labels), **extra)]
+    return [cell.record('val', self.metric, val, **extra),
+            cell.record('test', self.metric, np.mean(pred['prediction'] == labels), n=len(labels), **extra)]
 
   def save_predictions(self, cell_dir: pathlib.Path, pred: dict) -> None:
     """Per-example test predictions, for the prediction analyses of appendix B."""
@@ -116,7 +127,7 @@ class Classification:
 
 
 @dataclasses.dataclass(frozen=True)
-class Segmentation:
+class Segmentation(_Head):
   """A linear decoder on the final patch tokens, upsampled to label_size x label_size; mIoU."""
   label_size: int
   name = 'segmentation'
@@ -129,8 +140,11 @@ class Segmentation:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
       raise ValueError(f'label_size={size!r} must be a positive int (the evaluation resolution)')
 
-  def logits(self, head, model, trainable, frozen, tokens):
-    return segmentation.decode(head, model.patches(trainable, frozen, tokens), self.label_size)
+  def head_input(self, model, trainable, frozen, tokens):
+    return model.patches(trainable, frozen, tokens)  # (B, g*g, D)
+
+  def head_logits(self, head, features):
+    return segmentation.decode(head, features, self.label_size)
 
   def loss(self, logits, batch):
     return segmentation.pixel_loss(logits, batch['label'], batch['mask'])
@@ -140,15 +154,6 @@ class Segmentation:
 
   def score(self, predictions: dict, arrays: dict) -> float:
     return segmentation.miou(predictions)['miou']
-
-  # A probe of fixed features: batch['features'] (B, g*g, D), a backbone's final patch tokens.
-  def probe_loss(self, trainable, frozen, batch):
-    del frozen
-    return self.loss(segmentation.decode(trainable['head'], batch['features'], self.label_size), batch)
-
-  def probe_predictions(self, trainable, frozen, batch):
-    del frozen
-    return self.predictions(segmentation.decode(trainable['head'], batch['features'], self.label_size), batch)
 
   def probe_features(self, entries: dict, cfg) -> dict:
     """The final patch tokens (a view of the cache)."""
@@ -175,7 +180,7 @@ class Segmentation:
   def test_records(self, cell: Cell, pred: dict, labels, val: float, **extra) -> list[dict]:
     """The validation mIoU the sweep chose by, the test mIoU and pixel accuracy."""
     m, n = segmentation.miou(pred), len(pred['intersection'])
-    return [cell.record('val', 'miou', val, **extra), cell.record('test', 'miou', m['miou'], n=n, **extra),
+    return [cell.record('val', self.metric, val, **extra), cell.record('test', self.metric, m['miou'], n=n, **extra),
             cell.record('test', 'pixel_accuracy', m['pixel_accuracy'], n=n, **extra)]
 
   def save_predictions(self, cell_dir: pathlib.Path, pred: dict) -> None:

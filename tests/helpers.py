@@ -108,6 +108,16 @@ def rel_err(ours, ref) -> float:
   return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
+def truncated_then_zeroed(path: pathlib.Path):
+  """Damages a file twice, yielding after each for the test to check its error: cut to half its bytes,
+  then replaced by 64 zero bytes."""
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+  yield 'truncated'
+  path.write_bytes(b'\x00' * 64)
+  yield 'zeroed'
+
+
 IMAGE_CLASSES = ('red', 'green', 'blue')
 
 

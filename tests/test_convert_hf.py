@@ -96,14 +96,10 @@ def test_missing_config_field_is_named(hf_dir):
 
 
 def test_truncated_and_corrupt_weights_are_named(hf_dir):
-  path = hf_dir / 'model.safetensors'
-  data = path.read_bytes()
-  path.write_bytes(data[: len(data) // 2])
-  with pytest.raises(CheckpointError, match='model.safetensors: not a readable safetensors file'):
-    load_backbone(hf_dir)
-  path.write_bytes(b'\x00' * 64)
-  with pytest.raises(CheckpointError, match='model.safetensors'):
-    load_backbone(hf_dir)
+  damage = H.truncated_then_zeroed(hf_dir / 'model.safetensors')
+  for _, match in zip(damage, ('model.safetensors: not a readable safetensors file', 'model.safetensors')):
+    with pytest.raises(CheckpointError, match=match):
+      load_backbone(hf_dir)
 
 
 def test_missing_source_and_weights_are_named(tmp_path, hf_dir):

@@ -73,13 +73,9 @@ def test_code_in_the_pickle_is_refused_by_name(reader, tmp_path):
 
 def test_truncated_and_corrupt_files_are_named(reader, tmp_path):
   path = save(tmp_path / 'model.pth', H.perturbed(H.CASES['dinov2']()).state_dict())
-  data = path.read_bytes()
-  path.write_bytes(data[: len(data) // 2])
-  with pytest.raises(CheckpointError, match='model.pth: not a .*torch checkpoint'):
-    reader(path)
-  path.write_bytes(b'\x00' * 64)
-  with pytest.raises(CheckpointError, match='model.pth: not a .*torch checkpoint'):
-    reader(path)
+  for _ in H.truncated_then_zeroed(path):
+    with pytest.raises(CheckpointError, match='model.pth: not a .*torch checkpoint'):
+      reader(path)
 
 
 def test_storage_damage_is_caught_without_torch(tmp_path):

@@ -47,6 +47,11 @@ _COMMON = {'kind': None, 'root': None, 'seed': 0, 'val_fraction': 0.1, 'classes'
            'skip_corrupt': False}
 
 
+def task_of(kind: str) -> str:
+  """The task a dataset kind's labels serve: 'segmentation' for the kinds with pixel classes."""
+  return 'segmentation' if kind in PIXEL_CLASSES else 'classification'
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   kind: str
@@ -55,7 +60,7 @@ class Dataset:
 
   @property
   def task(self) -> str:
-    return 'segmentation' if self.kind in PIXEL_CLASSES else 'classification'
+    return task_of(self.kind)
 
 
 def load(config) -> Dataset:
