@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from convert import common
+from convert.common import CheckpointError
 from stitchjax import atomic, distributed
 
 
@@ -38,6 +40,29 @@ def save_tree(path: pathlib.Path, tree) -> None:
 
 
 def load_tree(path: pathlib.Path, like=None):
-  """numpy arrays shaped like `like` (None: as saved, for the caller to check), on every process."""
+  """numpy arrays as saved, on every process (CheckpointError names what cannot be read). With `like` (arrays or jax.ShapeDtypeStructs), every key
+  and shape is checked against it first, and the arrays are cast to its dtypes: orbax alone would hand
+  back whatever shapes were saved."""
+  path = pathlib.Path(path).absolute()
   checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process_only())
-  return checkpointer.restore(pathlib.Path(path).absolute(), None if like is None else numpy_like(like))
+  try:
+    tree = jax.tree.map(np.asarray, checkpointer.restore(path))
+  except Exception as e:  # orbax raises many kinds; the caller needs the path and the cause
+    raise CheckpointError(f'{path}: cannot restore the orbax checkpoint ({e})') from e
+  if like is None:
+    return tree
+  check_keys_and_shapes(path, tree, like)
+  return jax.tree.map(lambda a, want: a.astype(want.dtype), tree, like)
+
+
+def check_keys_and_shapes(path, got, want) -> None:
+  """CheckpointError naming the first key of `path` missing from `got`, unexpected in it, or misshapen."""
+  got, want = common.flat_paths(got), common.flat_paths(want)
+  for key in sorted(set(want) | set(got)):
+    if key not in got:
+      raise CheckpointError(f'{path}: missing key {key!r}')
+    if key not in want:
+      raise CheckpointError(f'{path}: unexpected key {key!r}')
+    if tuple(np.shape(got[key])) != tuple(np.shape(want[key])):
+      raise CheckpointError(f'{path}: key {key!r} has shape {tuple(np.shape(got[key]))}, '
+                            f'expected {tuple(np.shape(want[key]))}')

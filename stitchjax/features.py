@@ -209,7 +209,7 @@ class _Build:
     bb, start, stop = self.bb, *self.chunks[i]
     # On the host: slicing and casting a device array would compile once per batch size.
     for images, _, idx in data_lib.batches(self.split.subset(np.arange(start, stop)), bb.preprocess,
-                                           self.batch_size, shuffle=False, seed=0):
+                                           self.batch_size, seed=None):
       valid = len(idx)
       tokens = forward(bb, bb.params, pad(images, self.batch_size), self.key['layers'], self.key['final'],
                        self.key['pooled'])

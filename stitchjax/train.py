@@ -28,6 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from stitchjax import atomic, checkpoints, distributed
+from stitchjax.data import batching
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,14 +90,6 @@ class State:
   bad_epochs: np.ndarray  # int32
 
 
-def batch_indices(n: int, batch_size: int, *, seed: int | None, epoch: int = 0, drop_remainder: bool = False):
-  """Index arrays of consecutive batches of range(n), permuted by a generator drawn from (seed, epoch)
-  (seed None: in order); with drop_remainder, full batches only. Every batcher of arrays draws from it."""
-  order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
-  for start in range(0, n - batch_size + 1 if drop_remainder else n, batch_size):
-    yield order[start:start + batch_size]
-
-
 def batches(arrays: dict, batch_size: int, *, seed: int | None, epoch: int = 0) -> Iterator[dict]:
   """Minibatches of equally long arrays (memory-mapped features are read batch by batch).
 
@@ -107,7 +100,7 @@ def batches(arrays: dict, batch_size: int, *, seed: int | None, epoch: int = 0) 
   count that divides the batch size sees the same masked losses.
   """
   n = len(next(iter(arrays.values())))
-  for idx in batch_indices(n, batch_size, seed=seed, epoch=epoch):
+  for idx in batching.batch_indices(n, batch_size, seed=seed, epoch=epoch):
     idx = np.sort(idx)  # sorted reads are sequential on disk
     mask = np.zeros(batch_size, np.float32)
     mask[:len(idx)] = 1.0

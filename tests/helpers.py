@@ -16,7 +16,7 @@ from PIL import Image
 
 from stitchjax import model as model_lib
 from stitchjax import stitch_layers as stitch_lib
-from stitchjax import tasks, vit
+from stitchjax import config_lib, tasks, vit
 
 # name -> (model class, config factory, kwargs the ViT fields need at native size)
 _COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
@@ -139,6 +139,20 @@ def tiny_pair(root: pathlib.Path, per_class: dict) -> None:
   build('dinov2_registers', root / 'a')
   build('siglip', root / 'b')
   image_folder(root / 'data', per_class)
+
+
+def tiny_config(root: pathlib.Path):
+  """A stitching config over tiny models root/'dinov2' (with registers, 42 px) and root/'siglip' (32 px), and an
+  image folder root/'data' of 12 training and 4 test images per class: one pair, layer 1, float32."""
+  build('dinov2_registers', root / 'dinov2')
+  build('siglip', root / 'siglip')
+  image_folder(root / 'data', {'train': 12, 'test': 4})
+  c = config_lib.stitching(str(root / 'work'), dict(kind='image_folder', root=str(root / 'data'), val_fraction=0.25,
+                                                    seed=0),
+                           backbones={'dinov2': {'path': str(root / 'dinov2'), 'image_size': 42},
+                                      'siglip': {'path': str(root / 'siglip'), 'image_size': 32}})
+  c.pairs, c.layers, c.dtype = 'dinov2:siglip', '1', 'float32'
+  return c
 
 
 RUN_CONFIG = '''

@@ -179,7 +179,7 @@ def test_config_dict_and_pickle(folder):
 def test_batches(folder):
   split = data.load({'kind': 'image_folder', 'root': str(folder)}).splits['train']  # 54 examples
   pre = pp.for_family('dinov2', 28)
-  out = list(data.batches(split, pre, 8, shuffle=False, seed=0))
+  out = list(data.batches(split, pre, 8, seed=None))
   assert len(out) == 7 and out[-1][0].shape == (6, 28, 28, 3)
   images, labels, indices = (np.concatenate(parts) for parts in zip(*out))
   assert images.dtype == np.float32 and labels.dtype == np.int32 and indices.dtype == np.int32
@@ -188,28 +188,41 @@ def test_batches(folder):
   for i in (0, 17, 53):
     np.testing.assert_array_equal(images[i], pre([split.image(i)])[0])
   # Each backbone gets its own preprocessing of the same images.
-  siglip = next(data.batches(split, pp.for_family('siglip', 28), 8, shuffle=False, seed=0))[0]
+  siglip = next(data.batches(split, pp.for_family('siglip', 28), 8, seed=None))[0]
   assert siglip.shape == (8, 28, 28, 3) and not np.allclose(siglip, out[0][0])
 
   def order(**kw):
-    return np.concatenate([b[2] for b in data.batches(split, pre, 8, shuffle=True, **kw)])
+    return np.concatenate([b[2] for b in data.batches(split, pre, 8, **kw)])
   first = order(seed=0, epoch=0)
   assert sorted(first.tolist()) == list(range(len(split)))
+  np.testing.assert_array_equal(first, np.concatenate(list(data.batch_indices(len(split), 8, seed=0, epoch=0))))
   np.testing.assert_array_equal(first, order(seed=0, epoch=0))
   assert not np.array_equal(first, order(seed=0, epoch=1))
   assert not np.array_equal(first, order(seed=1, epoch=0))
-  dropped = list(data.batches(split, pre, 8, shuffle=True, seed=0, drop_remainder=True))
+  dropped = list(data.batches(split, pre, 8, seed=0, drop_remainder=True))
   assert len(dropped) == 6 and all(b[0].shape[0] == 8 for b in dropped)
-  shuffled = next(data.batches(split, pre, 8, shuffle=True, seed=0))
+  shuffled = next(data.batches(split, pre, 8, seed=0))
   np.testing.assert_array_equal(shuffled[1], split.labels[shuffled[2]])
   np.testing.assert_array_equal(shuffled[0][0], pre([split.image(int(shuffled[2][0]))])[0])
+
+
+def test_batch_indices_are_the_one_batcher():
+  """Images (data.batches), arrays (train.batches) and the pretraining loop batch by it."""
+  idx = list(data.batch_indices(10, 4, seed=1, epoch=2))
+  assert [len(i) for i in idx] == [4, 4, 2] and sorted(np.concatenate(idx)) == list(range(10))
+  full = list(data.batch_indices(10, 4, seed=1, epoch=2, drop_remainder=True))
+  assert [list(i) for i in full] == [list(i) for i in idx[:2]]
+  assert [list(i) for i in data.batch_indices(10, 4, seed=1, epoch=3)] != [list(i) for i in idx]
+  assert [list(i) for i in data.batch_indices(5, 2, seed=None)] == [[0, 1], [2, 3], [4]]
+  with pytest.raises(ValueError, match='batch_size=0 must be a positive int'):
+    next(data.batch_indices(5, 0, seed=None))
 
 
 def test_batches_with_workers_match_in_process(folder):
   split = data.load({'kind': 'image_folder', 'root': str(folder), 'limit_per_class': 4}).splits['train']
   pre = pp.for_family('dinov2', 28)
-  one = list(data.batches(split, pre, 5, shuffle=True, seed=3))
-  two = list(data.batches(split, pre, 5, shuffle=True, seed=3, num_workers=2))
+  one = list(data.batches(split, pre, 5, seed=3))
+  two = list(data.batches(split, pre, 5, seed=3, num_workers=2))
   assert len(one) == len(two) == 3
   for a, b in zip(one, two):
     for x, y in zip(a, b):
@@ -218,7 +231,7 @@ def test_batches_with_workers_match_in_process(folder):
 
 def test_empty_split_batches(folder):
   split = data.load({'kind': 'image_folder', 'root': str(folder), 'val_fraction': 0}).splits['val']
-  assert list(data.batches(split, pp.for_family('dinov2', 28), 4, shuffle=True, seed=0)) == []
+  assert list(data.batches(split, pp.for_family('dinov2', 28), 4, seed=0)) == []
 
 
 # ----------------------------------------------------------------------------------------- fmow
@@ -491,7 +504,7 @@ def test_fashion_mnist(fashion):
     assert image.shape == (28, 28, 3) and image.dtype == np.uint8
     assert (image == split.keys[i]).all() and split.labels[i] == split.keys[i] % 10
   pre = pp.for_family('dinov2', 28)
-  images, labels, _ = next(data.batches(split, pre, 4, shuffle=False, seed=0))
+  images, labels, _ = next(data.batches(split, pre, 4, seed=None))
   assert images.shape == (4, 28, 28, 3)
   np.testing.assert_array_equal(labels, split.labels[:4])
 
@@ -598,8 +611,7 @@ def test_tfds(tfds_root):
   train_values = {int(d.splits['train'].image(i)[0, 0, 0]) for i in range(9)}
   val_values = {int(d.splits['val'].image(i)[0, 0, 0]) for i in range(3)}
   assert not train_values & val_values and len(train_values | val_values) == 12
-  images, labels, indices = next(data.batches(d.splits['test'], pp.for_family('dinov2', 28), 4, shuffle=False,
-                                              seed=0))
+  images, labels, indices = next(data.batches(d.splits['test'], pp.for_family('dinov2', 28), 4, seed=None))
   assert images.shape == (4, 28, 28, 3) and indices.tolist() == [0, 1, 2, 3]
   again = data.load({'kind': 'tfds', 'name': 'stitchjax_tiny', 'root': str(tfds_root), 'val_fraction': 0.25})
   assert again.splits['train'].fingerprint == d.splits['train'].fingerprint

@@ -1,4 +1,5 @@
-"""Faults: locks, corrupt checkpoints and caches, non-finite losses, a full disk."""
+"""Faults: locks, corrupt checkpoints, killed runs, bad images and configs, non-finite losses, a full disk
+(the feature cache's own faults are in test_features.py)."""
 import errno
 import functools
 import os
@@ -7,14 +8,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 import helpers as H
-from stitchjax import atomic, features, objectives, train
+from stitchjax import objectives, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -84,104 +84,6 @@ def test_a_read_error_that_persists_is_raised_and_the_step_kept(tmp_path, monkey
 def test_a_non_finite_loss_names_the_step_and_learning_rate(tmp_path):
   with pytest.raises(FloatingPointError, match=r'loss nan at step \d+ of epoch \d+ \(lr=1e\+30\)'):
     _fit(tmp_path / 'ckpt', 3, lr=1e30)
-
-
-def test_a_full_disk_leaves_nothing_half_written(tmp_path):
-  out = tmp_path / 'export'
-  with pytest.raises(atomic.DiskFull, match=f'disk full while writing {out}'):
-    with atomic.directory(out) as tmp:
-      (tmp / 'part').write_text('half')
-      raise OSError(errno.ENOSPC, 'No space left on device')
-  assert list(tmp_path.iterdir()) == []
-
-
-def test_a_full_disk_while_caching_features_is_clear(tmp_path, monkeypatch):
-  from stitchjax import data, load_backbone
-  H.build('siglip', tmp_path / 'bb')
-  bb = load_backbone(tmp_path / 'bb')
-  split = _image_split(tmp_path / 'imgs')
-
-  def full(*a, **k):
-    raise OSError(errno.ENOSPC, 'No space left on device')
-  monkeypatch.setattr(np.lib.format, 'open_memmap', full)
-  cache = features.Cache(tmp_path / 'cache')
-  with pytest.raises(atomic.DiskFull, match='disk full while writing'):
-    cache.tokens(bb, 'bb', split, 'train', layers=(1,), final=True)
-  assert [p.name for p in (tmp_path / 'cache').iterdir()] == []
-  del data
-
-
-def _image_split(root, per_class=3):
-  from PIL import Image
-  from stitchjax import data
-  for c in ('a', 'b'):
-    for split in ('train', 'test'):
-      (root / split / c).mkdir(parents=True)
-      for i in range(per_class):
-        Image.fromarray(np.full((20, 20, 3), 40 * i % 256, np.uint8)).save(root / split / c / f'{i}.png')
-  return data.load({'kind': 'image_folder', 'root': str(root), 'val_fraction': 0.3}).splits['train']
-
-
-def test_a_corrupt_cache_entry_is_rebuilt_never_used(tmp_path):
-  from stitchjax import load_backbone
-  H.build('siglip', tmp_path / 'bb')
-  bb = load_backbone(tmp_path / 'bb')
-  split = _image_split(tmp_path / 'imgs')
-  cache = features.Cache(tmp_path / 'cache')
-  good = np.array(cache.tokens(bb, 'bb', split, 'train', layers=(1,), final=True)['final'])
-  entry = next(p for p in (tmp_path / 'cache').iterdir() if not p.name.startswith('.'))
-  data_file = entry / 'final.npy'
-  raw = bytearray(data_file.read_bytes())
-  raw[-10:] = b'\x7f' * 10
-  data_file.write_bytes(bytes(raw))
-  with pytest.warns(UserWarning, match=r'final.npy does not match its checksum\); rebuilding'):
-    again = np.array(features.Cache(tmp_path / 'cache').tokens(bb, 'bb', split, 'train', layers=(1,),
-                                                                final=True)['final'])
-  np.testing.assert_array_equal(again, good)
-
-
-BUILD = '''
-import sys
-from stitchjax import data, features, load_backbone
-split = data.load({'kind': 'image_folder', 'root': sys.argv[2], 'val_fraction': 0.3}).splits['train']
-cache = features.Cache(sys.argv[3], chunk_bytes=int(sys.argv[4]))
-cache.tokens(load_backbone(sys.argv[1]), 'bb', split, 'train', layers=(1,), final=True, batch_size=2)
-'''
-
-
-def test_a_killed_cache_build_resumes_at_its_last_chunk(tmp_path, monkeypatch):
-  from stitchjax import data, load_backbone
-  H.build('siglip', tmp_path / 'bb')
-  bb = load_backbone(tmp_path / 'bb')
-  _image_split(tmp_path / 'imgs', per_class=8)
-  split = data.load({'kind': 'image_folder', 'root': str(tmp_path / 'imgs'), 'val_fraction': 0.3}).splits['train']
-  one_batch = 2 * 2 * bb.config.num_tokens * bb.config.dim * 2  # bytes of 2 examples in layer_1 and final
-  whole = features.Cache(tmp_path / 'whole', chunk_bytes=one_batch)
-  reference = {k: np.array(v) for k, v in whole.tokens(bb, 'bb', split, 'train', layers=(1,), final=True,
-                                                         batch_size=2).items()}
-  chunks = -(-len(split) // 2)
-  assert chunks >= 5
-  p = subprocess.Popen([sys.executable, '-c', BUILD, str(tmp_path / 'bb'), str(tmp_path / 'imgs'),
-                        str(tmp_path / 'cache'), str(one_batch)], cwd=ROOT, stderr=subprocess.PIPE)
-  records = lambda: list((tmp_path / 'cache').glob('.*.partial/chunks/*.json'))
-  deadline = time.monotonic() + 120
-  while len(records()) < 2 and p.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.01)
-  p.kill()
-  _, err = p.communicate()
-  done_before = len(records())
-  assert 2 <= done_before < chunks, err.decode()[-2000:]
-  computed = []
-  batches = data.batches
-  monkeypatch.setattr(data, 'batches', lambda split, *a, **k: computed.append(len(split)) or batches(split, *a, **k))
-  resumed = features.Cache(tmp_path / 'cache', chunk_bytes=one_batch).tokens(bb, 'bb', split, 'train', layers=(1,),
-                                                                               final=True, batch_size=2)
-  assert len(computed) == chunks - done_before  # the finished chunks were not computed again
-  for k, v in reference.items():
-    np.testing.assert_array_equal(np.array(resumed[k]), v)
-  assert [p.name for p in (tmp_path / 'cache').iterdir() if p.name.startswith('.')] == []
-
-
 
 
 PROGRESS = re.compile(rb'^\d{4}-\d\d-\d\dT\S+ (.*)$', re.M)  # stitchjax.metrics.say, off a terminal

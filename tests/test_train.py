@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from stitchjax import config_lib, train, workdir
+from stitchjax import config_lib, data, train, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -95,12 +95,9 @@ def test_a_schedule_rejects_non_positive_fields(field):
     train.Schedule(**fields)
 
 
-def test_one_batcher_draws_every_array_batch():
-  """train.batches and the pretraining loop read their batches from train.batch_indices."""
-  idx = list(train.batch_indices(10, 4, seed=1, epoch=2))
-  assert [len(i) for i in idx] == [4, 4, 2] and sorted(np.concatenate(idx)) == list(range(10))
-  full = list(train.batch_indices(10, 4, seed=1, epoch=2, drop_remainder=True))
-  assert [list(i) for i in full] == [list(i) for i in idx[:2]]
-  assert [list(i) for i in train.batch_indices(10, 4, seed=1, epoch=3)] != [list(i) for i in idx]
+def test_array_batches_are_the_one_batchers_padded_and_masked():
+  """train.batches reads its batches from data.batch_indices (tests/test_data.py tests it)."""
+  idx = list(data.batch_indices(10, 4, seed=1, epoch=2))
   batches = list(train.batches({'x': np.arange(10)}, 4, seed=1, epoch=2))
   assert [list(b['x'][b['mask'] > 0]) for b in batches] == [sorted(i) for i in idx]
+  assert all(len(b['x']) == 4 for b in batches) and batches[-1]['mask'].tolist() == [1, 1, 0, 0]

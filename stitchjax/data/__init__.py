@@ -5,7 +5,7 @@
     split = data.splits['train']           # also 'val' and 'test'
     split.image(i)                         # uint8 (H, W, 3) RGB, cropped where the dataset says so
     split.labels                           # int32 (N,)
-    for images, labels, indices in batches(split, bb.preprocess, 128, shuffle=True, seed=0, epoch=e):
+    for images, labels, indices in batches(split, bb.preprocess, 128, seed=0, epoch=e):
       ...                                  # float32 (B, S, S, 3), int32 (B,), int32 (B,)
 
 Splits. `test` is the dataset's own test split (or test pool, see the kinds); `val` is carved
@@ -30,7 +30,7 @@ A kind is a module with `OPTIONS` (its options and their defaults), `load(option
 import dataclasses
 
 from stitchjax.data import splits as splits_lib
-from stitchjax.data.batching import batches
+from stitchjax.data.batching import batch_indices, batches
 from stitchjax.data.checks import check_images
 from stitchjax.data.kinds import (ade20k, aircraft, fashion_mnist, fashion_mnist_seg, fmow, image_folder, inat,
                                   scene_parse150, tfds)
@@ -107,5 +107,5 @@ def load_options(config) -> dict:
   return c
 
 
-__all__ = ['ArrayReader', 'Dataset', 'FileReader', 'KINDS', 'PIXEL_CLASSES', 'Split', 'TfdsReader', 'batches',
+__all__ = ['ArrayReader', 'Dataset', 'FileReader', 'KINDS', 'PIXEL_CLASSES', 'Split', 'TfdsReader', 'batch_indices', 'batches',
            'check_images', 'load', 'load_options']

@@ -36,7 +36,7 @@ def _names(config) -> list[str]:
 def _pooled_features(fns: dict, split, preprocess: dict, batch_size: int) -> dict:
   """{variant: forward} -> {variant: (N, sum D)}: each backbone's patch tokens after L_out, mean-pooled, concatenated."""
   names = list(preprocess)
-  streams = [data_lib.batches(split, preprocess[n], batch_size, shuffle=False, seed=0) for n in names]
+  streams = [data_lib.batches(split, preprocess[n], batch_size, seed=None) for n in names]
   feats = {key: [] for key in fns}
   for batches in zip(*streams):
     images = {n: b[0] for n, b in zip(names, batches)}

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from stitchjax import data, train, vit
+from stitchjax import data, vit
 from stitchjax.pretrain.augment import Augment
 from stitchjax.pretrain.dino import Dino, dino_init, dino_schedule, dino_step
 from stitchjax.pretrain.evaluate import label_accuracy, probe
@@ -87,7 +87,7 @@ def train_model(name: str, spec, pool: dict, val: dict, held_out: dict, norm, se
   bar = tqdm(total=total, desc=name, unit='step')
   window = []
   for epoch in range(spec.epochs):
-    batches = train.batch_indices(len(pool['images']), spec.batch_size, seed=seed, epoch=epoch, drop_remainder=True)
+    batches = data.batch_indices(len(pool['images']), spec.batch_size, seed=seed, epoch=epoch, drop_remainder=True)
     for idx in batches:
       i = bar.n
       state, metrics = step_fn(state, *step_args(pool['images'][idx], pool['labels'][idx],
