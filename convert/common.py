@@ -6,6 +6,7 @@ expected parameter against the shapes `stitchjax.vit.init_params` would create,
 stacks the per-layer arrays on a leading axis, and refuses leftovers: a
 checkpoint is either loaded whole or not at all.
 """
+import json
 import re
 
 import jax
@@ -16,6 +17,15 @@ from stitchjax import vit
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded exactly; the message names the file and the key."""
+
+
+def read_config(directory) -> dict:
+  """A checkpoint directory's config.json (transformers' or timm's)."""
+  path = directory / 'config.json'
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f'{path}: cannot read the model config ({e})') from e
 
 
 class Reader:

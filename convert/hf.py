@@ -50,14 +50,6 @@ def read_arrays(directory: pathlib.Path) -> dict:
   return arrays
 
 
-def read_config(directory: pathlib.Path) -> dict:
-  path = directory / 'config.json'
-  try:
-    return json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f'{path}: cannot read the model config ({e})') from e
-
-
 def architecture(config: dict, path) -> str:
   archs = config.get('architectures') or []
   known = [a for a in archs if a in FAMILIES]
@@ -229,7 +221,7 @@ def _norms_and_scales(r: common.Reader, s: str, o: str):
 def load(directory) -> tuple[dict, str, dict, dict | None]:
   """-> (ViTConfig fields at native resolution, resampling method, params, preprocessor config or None)."""
   directory = pathlib.Path(directory)
-  config = read_config(directory)
+  config = common.read_config(directory)
   arch = architecture(config, directory)
   fields, method = vit_config(arch, config, directory)
   try:

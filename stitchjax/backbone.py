@@ -105,19 +105,25 @@ def _with_image_size(fields: dict, params: dict, method: str, image_size: int | 
   if image_size is None or image_size == fields['image_size']:
     return fields, params
   fields = fields | {'image_size': image_size}
-  if fields.get('pos_embed', 'learned') == 'learned':
+  cfg = vit.ViTConfig(**fields)
+  if cfg.pos_embed != 'rope':
     embed = dict(params['embed'])
-    embed['pos'] = resample.resample_pos(embed['pos'], int(fields.get('cls_token', True)),
-                                         image_size // fields['patch_size'], method)
+    embed['pos'] = resample.resample_pos(embed['pos'], cfg.num_pos_prefix, cfg.grid, method)
     params = params | {'embed': embed}
   return fields, params
 
 
-def _family_for_preprocessing(family: str) -> str:
-  return 'siglip' if family.startswith('siglip') else family
+def preprocessing(cfg: vit.ViTConfig, processor: dict | None) -> preprocess_lib.Preprocess:
+  """The reference preprocessing at cfg.image_size: timm's eval transform for a timm checkpoint, else the
+  family's transformers processor (as configured by the checkpoint's preprocessor_config.json, if any)."""
+  if processor is not None and 'timm' in processor:
+    return preprocess_lib.from_timm(processor['timm'], cfg.image_size)
+  return preprocess_lib.for_family('siglip' if cfg.family.startswith('siglip') else cfg.family, cfg.image_size,
+                                   processor)
 
 
-def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, heads: int | None = None) -> Backbone:
+def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, heads: int | None = None,
+                  architecture: str | None = None) -> Backbone:
   """Loads a checkpoint exactly (or raises CheckpointError naming the file and key).
 
   image_size: run at this resolution; learned position embeddings are resampled as
@@ -125,15 +131,17 @@ def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, head
   dtype: compute dtype, float32 or bfloat16. Parameters stay float32.
   heads: attention heads, only for torch-hub DINOv2 files of a non-standard width
     (the files do not store it).
+  architecture: the timm architecture of a bare timm state dict (a directory from timm's
+    save_for_hf names its own).
   """
   path = hub.resolve(source)
   if path.is_dir() and (path / EXPORT_CONFIG).exists():
     fields, method, params, processor = _read_export(path)
   else:
-    fields, method, params, processor = load_checkpoint(path, heads=heads)
+    fields, method, params, processor = load_checkpoint(path, heads=heads, architecture=architecture)
   fields, params = _with_image_size(fields, params, method, image_size, path)
   cfg = vit.ViTConfig(**(fields | {'dtype': _dtype_name(dtype)}))
-  prep = preprocess_lib.for_family(_family_for_preprocessing(cfg.family), cfg.image_size, processor)
+  prep = preprocessing(cfg, processor)
   return Backbone(cfg, jax.device_put(params), prep, method, processor)  # (jnp.asarray compiles a copy per shape)
 
 

@@ -1,4 +1,4 @@
-"""Image preprocessing that matches the transformers processors of each family.
+"""Image preprocessing that matches the transformers processors of each family, and timm's eval transform.
 
 Features are only comparable with the PyTorch models (and stitched layers only
 transfer) when the pixels fed to the JAX model are the ones the reference
@@ -23,6 +23,9 @@ Two backends, after the two kinds of transformers processor:
   AVX2/AVX-512 builds fuse some of those multiply-adds (FMA), so there outputs
   differ by an ulp or so: measured max 8e-7 (bilinear), 5e-6 (bicubic) after
   normalisation.
+* 'torchvision' (timm's eval transform, `from_timm`): the same PIL resize, then
+  torchvision's center crop (offsets rounded, not floored) and to_tensor (a
+  float32 division by 255), normalise in float32. Bit-exact with timm.
 """
 import dataclasses
 import math
@@ -37,7 +40,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
 
 RESIZES = ('shortest_edge', 'square')
-BACKENDS = ('pil', 'torch_aa')
+BACKENDS = ('pil', 'torch_aa', 'torchvision')
 # PIL's enum values, which are also what preprocessor_config.json stores as `resample`.
 PIL_RESAMPLE = {'nearest': 0, 'lanczos': 1, 'bilinear': 2, 'bicubic': 3, 'box': 4, 'hamming': 5}
 AA_RESAMPLE = {'bilinear': 2, 'bicubic': 4}  # modes torch antialiases -> taps without antialias.
@@ -49,8 +52,8 @@ class Preprocess:
   """Resize, optional center crop, rescale and normalise, as one reference processor does it."""
   resize: str  # 'shortest_edge': the short side becomes `size`; 'square': the image becomes size x size.
   size: int
-  resample: str  # a key of PIL_RESAMPLE ('pil') or of AA_RESAMPLE ('torch_aa').
-  backend: str  # 'pil' | 'torch_aa', see the module docstring.
+  resample: str  # a key of PIL_RESAMPLE ('pil', 'torchvision') or of AA_RESAMPLE ('torch_aa').
+  backend: str  # 'pil' | 'torch_aa' | 'torchvision', see the module docstring.
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   crop: int | None = None  # side of the center crop; None: no crop.
@@ -64,7 +67,7 @@ class Preprocess:
     if self.crop is not None:
       _set('crop', _positive_int(self.crop, 'Preprocess: crop'))
     _set('rescale_factor', float(self.rescale_factor))
-    valid = PIL_RESAMPLE if self.backend == 'pil' else AA_RESAMPLE
+    valid = AA_RESAMPLE if self.backend == 'torch_aa' else PIL_RESAMPLE
     checks = [
         (self.resize in RESIZES, f'resize={self.resize!r} is not one of {RESIZES}'),
         (self.backend in BACKENDS, f'backend={self.backend!r} is not one of {BACKENDS}'),
@@ -72,6 +75,7 @@ class Preprocess:
          f'resample={self.resample!r} is not one of {tuple(valid)} for backend={self.backend!r}'),
         (all(s != 0 for s in self.std), f'std={self.std} has a zero'),
         (self.rescale_factor > 0, f'rescale_factor={self.rescale_factor} must be positive'),
+        (self.backend != 'torchvision' or self.rescale_factor == 1 / 255, 'torchvision rescales by 1/255 only'),
         # Without a crop the short-side resize keeps the aspect ratio, so batches would not be square.
         (self.resize != 'shortest_edge' or self.crop is not None, "resize='shortest_edge' needs a crop"),
     ]
@@ -100,14 +104,16 @@ class Preprocess:
 
   def _one(self, image: np.ndarray) -> np.ndarray:
     height, width = self._resized_shape(*image.shape[:2])
-    if self.backend == 'pil':
+    if self.backend in ('pil', 'torchvision'):
       # transformers always goes through PIL, even when the size does not change.
       pil = Image.fromarray(np.ascontiguousarray(image))
       image = np.asarray(pil.resize((width, height), resample=PIL_RESAMPLE[self.resample]))
+      transformers = self.backend == 'pil'
       if self.crop is not None:
-        image = _center_crop(image, self.crop, pad_before_rounds_up=True)
-      # transformers' numpy `rescale` multiplies in float64 and only then casts.
-      x = (image.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        image = _center_crop(image, self.crop, pad_before_rounds_up=transformers, round_offset=not transformers)
+      # transformers' numpy `rescale` multiplies in float64 and only then casts; torchvision divides in float32.
+      x = (image.astype(np.float64) * self.rescale_factor).astype(np.float32) if transformers else \
+          image.astype(np.float32) / np.float32(255)
     else:
       # torch multiplies the uint8 tensor by the Python float in float32.
       x = image.astype(np.float32) * np.float32(self.rescale_factor)
@@ -154,17 +160,18 @@ def _to_rgb(image) -> np.ndarray:
   return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
 
 
-def _center_crop(x: np.ndarray, crop: int, pad_before_rounds_up: bool) -> np.ndarray:
+def _center_crop(x: np.ndarray, crop: int, pad_before_rounds_up: bool, round_offset: bool = False) -> np.ndarray:
   """Center crop of an (H, W, C) array, zero-padding sides shorter than `crop`.
 
-  Both backends take floor((n - crop) / 2) as the crop offset, but when padding
-  transformers' numpy center_crop puts ceil(d / 2) zeros before the image and
+  transformers and torchvision's tensor crop take floor((n - crop) / 2) as the crop
+  offset, torchvision's PIL crop round((n - crop) / 2) (Python's, halves to even). When
+  padding, transformers' numpy center_crop puts ceil(d / 2) zeros before the image and
   torchvision floor(d / 2).
   """
   for axis in (0, 1):
     n = x.shape[axis]
     if n >= crop:
-      start = (n - crop) // 2
+      start = int(round((n - crop) / 2.0)) if round_offset else (n - crop) // 2
       x = x[start:start + crop] if axis == 0 else x[:, start:start + crop]
     else:
       before = (crop - n + 1) // 2 if pad_before_rounds_up else (crop - n) // 2
@@ -391,3 +398,21 @@ def _floats3(value, name, broadcast=False) -> tuple[float, float, float]:
   if len(values) != 3:
     raise ValueError(f'{name}={value!r} must be 3 floats')
   return values
+
+
+def from_timm(data_config: dict, image_size: int) -> Preprocess:
+  """timm's eval transform (`create_transform(**resolve_data_config(...))`) at image_size x image_size, from
+  a checkpoint's pretrained_cfg: resize to floor(image_size / crop_pct) (the short side, or both sides for
+  crop_mode 'squash') with PIL, center crop, to_tensor, normalise. Fields it cannot reproduce are named."""
+  image_size = _positive_int(image_size, 'from_timm: image_size')
+  c = {'interpolation': 'bicubic', 'crop_pct': 0.875, 'crop_mode': 'center', 'mean': IMAGENET_MEAN,
+       'std': IMAGENET_STD} | {k: v for k, v in data_config.items() if v is not None}
+  if c['interpolation'] not in PIL_RESAMPLE:
+    raise ValueError(f'pretrained_cfg["interpolation"]={c["interpolation"]!r} is not one of {tuple(PIL_RESAMPLE)}')
+  if c['crop_mode'] not in ('center', 'squash'):
+    raise ValueError(f'pretrained_cfg["crop_mode"]={c["crop_mode"]!r}: only center and squash are reproduced')
+  if not 0 < c['crop_pct'] <= 1:
+    raise ValueError(f'pretrained_cfg["crop_pct"]={c["crop_pct"]} must be in (0, 1]')
+  return Preprocess(resize='square' if c['crop_mode'] == 'squash' else 'shortest_edge',
+                    size=math.floor(image_size / c['crop_pct']), resample=c['interpolation'], backend='torchvision',
+                    mean=tuple(c['mean']), std=tuple(c['std']), crop=image_size)

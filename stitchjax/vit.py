@@ -1,6 +1,7 @@
-"""One Vision Transformer for DINOv2, DINOv3, CLIP and SigLIP/SigLIP2 (paper §3.1).
+"""One Vision Transformer for DINOv2, DINOv3, CLIP and SigLIP/SigLIP2 (paper §3.1), and the timm ViTs
+of AIMv2 and InternViT.
 
-The four families differ in about ten `ViTConfig` fields, not in code. Block
+The families differ in `ViTConfig` fields, not in code. Block
 parameters are stacked on a leading layer axis, so "the first n blocks of the
 source" is `params['blocks']` sliced to `[0:n]` and run by `lax.scan`:
 
@@ -27,8 +28,9 @@ ACTIVATIONS = {
     'silu': jax.nn.silu,
     'relu': jax.nn.relu,
 }
-POOLS = ('cls', 'map', 'none')
-POS_EMBEDS = ('learned', 'rope')
+POOLS = ('cls', 'map', 'avg', 'none')
+POS_EMBEDS = ('learned', 'learned_patches', 'rope')
+NORMS = ('layer', 'rms')
 MLPS = ('mlp', 'gated')
 DTYPES = ('float32', 'bfloat16')
 
@@ -45,7 +47,9 @@ class ViTConfig:
   image_size: int
   cls_token: bool = True
   num_registers: int = 0
-  pos_embed: str = 'learned'  # 'learned' covers [CLS?, patches]; 'rope' is DINOv3's 2-D RoPE.
+  # 'learned' covers [CLS?, patches]; 'learned_patches' the patches only (timm's no_embed_class: the
+  # prefix tokens get none); 'rope' is DINOv3's 2-D RoPE.
+  pos_embed: str = 'learned'
   rope_theta: float = 100.0
   pre_norm: bool = False  # CLIP's pre_layrnorm after the embedding.
   layer_scale: bool = False
@@ -55,8 +59,12 @@ class ViTConfig:
   proj_bias: bool = True
   mlp_bias: bool = True
   patch_bias: bool = True
+  norm: str = 'layer'  # every norm of the model: 'layer' (LayerNorm) or 'rms' (RMSNorm, AIMv2)
   norm_eps: float = 1e-6
-  pool: str = 'cls'  # 'cls': the CLS token; 'map': SigLIP's attention-pooling head; 'none'.
+  embed_norm: bool = False  # a norm on the patch projections, before the positions (AIMv2)
+  final_norm: bool = True  # False: the last block's tokens are the final tokens (InternViT)
+  # 'cls': the CLS token; 'map': SigLIP's attention-pooling head; 'avg': the mean of the patch tokens; 'none'.
+  pool: str = 'cls'
   dtype: str = 'float32'  # compute dtype; parameters stay float32.
   remat: bool = False
 
@@ -66,6 +74,7 @@ class ViTConfig:
         (self.act in ACTIVATIONS, f'act={self.act!r} is not one of {sorted(ACTIVATIONS)}'),
         (self.pool in POOLS, f'pool={self.pool!r} is not one of {POOLS}'),
         (self.pos_embed in POS_EMBEDS, f'pos_embed={self.pos_embed!r} is not one of {POS_EMBEDS}'),
+        (self.norm in NORMS, f'norm={self.norm!r} is not one of {NORMS}'),
         (self.mlp in MLPS, f'mlp={self.mlp!r} is not one of {MLPS}'),
         (self.dtype in DTYPES, f'dtype={self.dtype!r} is not one of {DTYPES}'),
         (min(self.depth, self.dim, self.heads, self.mlp_dim, self.patch_size, self.image_size) > 0,
@@ -96,6 +105,11 @@ class ViTConfig:
   @property
   def num_prefix_tokens(self) -> int:
     return int(self.cls_token) + self.num_registers
+
+  @property
+  def num_pos_prefix(self) -> int:
+    """Learned position rows before the patch grid's (the CLS token's, under 'learned')."""
+    return int(self.cls_token) if self.pos_embed == 'learned' else 0
 
   @property
   def num_tokens(self) -> int:
@@ -141,7 +155,9 @@ def apply_rope(x, cos, sin, num_prefix: int):
   return jnp.concatenate([prefix, patches * cos + rotated * sin], axis=1)
 
 
-def _layer_norm(cfg: ViTConfig, name: str):
+def _norm(cfg: ViTConfig, name: str):
+  if cfg.norm == 'rms':
+    return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, name=name)
   # Two-pass variance, as torch computes it: the fast E[x²]-E[x]² form loses ~1e-5 of precision.
   return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, use_fast_variance=False, name=name)
 
@@ -161,7 +177,11 @@ class Embed(nn.Module):
     x = nn.Conv(cfg.dim, (p, p), strides=(p, p), padding='VALID', use_bias=cfg.patch_bias,
                 dtype=cfg.compute_dtype, name='patch')(images)
     x = x.reshape(x.shape[0], -1, cfg.dim)
+    if cfg.embed_norm:
+      x = _norm(cfg, 'patch_norm')(x)
     init = nn.initializers.truncated_normal(0.02)
+    if cfg.pos_embed == 'learned_patches':
+      x = x + self.param('pos', init, (x.shape[1], cfg.dim)).astype(x.dtype)
     if cfg.cls_token:
       cls = self.param('cls', init, (cfg.dim,))
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.dim)), x], axis=1)
@@ -173,7 +193,7 @@ class Embed(nn.Module):
       n = int(cfg.cls_token)
       x = jnp.concatenate([x[:, :n], registers, x[:, n:]], axis=1)
     if cfg.pre_norm:
-      x = _layer_norm(cfg, 'pre_norm')(x)
+      x = _norm(cfg, 'pre_norm')(x)
     return x
 
 
@@ -249,11 +269,11 @@ class Block(nn.Module):
   def __call__(self, x):
     cfg = self.cfg
     ones = nn.initializers.ones
-    y = Attention(cfg, name='attn')(_layer_norm(cfg, 'norm1')(x))
+    y = Attention(cfg, name='attn')(_norm(cfg, 'norm1')(x))
     if cfg.layer_scale:
       y = y * self.param('ls1', ones, (cfg.dim,)).astype(y.dtype)
     x = x + y
-    y = MLP(cfg, name='mlp')(_layer_norm(cfg, 'norm2')(x))
+    y = MLP(cfg, name='mlp')(_norm(cfg, 'norm2')(x))
     if cfg.layer_scale:
       y = y * self.param('ls2', ones, (cfg.dim,)).astype(y.dtype)
     return x + y
@@ -270,7 +290,7 @@ class MAPHead(nn.Module):
                               mlp_bias=True, pos_embed='learned')
     probe = self.param('probe', nn.initializers.xavier_uniform(), (1, cfg.dim)).astype(x.dtype)
     y = Attention(cfg, name='attn')(jnp.broadcast_to(probe, (x.shape[0], 1, cfg.dim)), kv=x)
-    y = y + MLP(cfg, name='mlp')(_layer_norm(cfg, 'norm')(y))
+    y = y + MLP(cfg, name='mlp')(_norm(cfg, 'norm')(y))
     return y[:, 0]
 
 
@@ -278,7 +298,7 @@ class ViT(nn.Module):
   """The uninterrupted model: embed, all blocks (scanned), final norm, pool.
 
   Its parameter tree is the one every function here takes: `embed`, `blocks`
-  (each leaf with a leading `depth` axis), `norm`, and `head` for MAP pooling.
+  (each leaf with a leading `depth` axis), `norm` (unless final_norm=False), and `head` for MAP pooling.
   """
   cfg: ViTConfig
 
@@ -290,9 +310,11 @@ class ViT(nn.Module):
     body = lambda module, carry, _: (module(carry), None)
     x, _ = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True},
                    length=cfg.depth)(block(cfg, name='blocks'), x, None)
-    x = _layer_norm(cfg, 'norm')(x)
-    pooled = MAPHead(cfg, name='head')(x) if cfg.pool == 'map' else x[:, 0] if cfg.pool == 'cls' else None
-    return x, pooled
+    if cfg.final_norm:
+      x = _norm(cfg, 'norm')(x)
+    if cfg.pool == 'map':
+      return x, MAPHead(cfg, name='head')(x)
+    return x, None if cfg.pool == 'none' else _pooled(cfg, x)
 
 
 def init_params(cfg: ViTConfig, rng) -> dict:
@@ -328,17 +350,25 @@ def blocks(cfg: ViTConfig, params, tokens, start: int, stop: int):
 
 @functools.partial(jax.jit, static_argnums=0)
 def final(cfg: ViTConfig, params, tokens):
-  """The model's final norm on all tokens (CLIP: post_layernorm)."""
-  return _layer_norm(cfg, None).apply({'params': params['norm']}, tokens)
+  """The model's final norm on all tokens (CLIP: post_layernorm); the tokens as they are without one."""
+  if not cfg.final_norm:
+    return tokens
+  return _norm(cfg, None).apply({'params': params['norm']}, tokens)
+
+
+def _pooled(cfg: ViTConfig, final_tokens):
+  if cfg.pool == 'cls':
+    return final_tokens[:, 0]
+  return final_tokens[:, cfg.num_prefix_tokens:].mean(axis=1)  # 'avg', over the patches as timm pools
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def pool(cfg: ViTConfig, params, final_tokens):
-  """final tokens (B,T,D) -> (B,D): the CLS token or the MAP head, as HF's pooler_output."""
+  """final tokens (B,T,D) -> (B,D): the CLS token, the MAP head or the patches' mean, as the reference pools."""
   if cfg.pool == 'map':
     return MAPHead(cfg).apply({'params': params['head']}, final_tokens.astype(cfg.compute_dtype))
-  if cfg.pool == 'cls':
-    return final_tokens[:, 0]
+  if cfg.pool != 'none':
+    return _pooled(cfg, final_tokens)
   raise ValueError(f'this {cfg.family} backbone has no pooler (pool="none", e.g. SigLIP without its head)')
 
 
