@@ -93,7 +93,7 @@ class Cache:
              batch_size: int = 64) -> dict:
     """Token features of `bb` on `split`: 'layer_<n>' (N,T,D), 'final' (N,T,D), 'pooled' (N,D); bfloat16."""
     layers = tuple(sorted(set(int(n) for n in layers)))
-    key = {'backbone': self.backbone_digest(bb), 'config': bb.config.to_dict() | {'dtype': None},
+    key = {'backbone': self.backbone_digest(bb), 'config': bb.config.key() | {'dtype': None},
            'dtype': bb.config.dtype, 'preprocess': bb.preprocessing.to_dict(), 'split': split.fingerprint,
            'layers': layers, 'final': final, 'pooled': pooled}
     entry = self.root / digest(key)

@@ -33,6 +33,9 @@ POS_EMBEDS = ('learned', 'learned_patches', 'rope')
 NORMS = ('layer', 'rms')
 MLPS = ('mlp', 'gated')
 DTYPES = ('float32', 'bfloat16')
+# Fields added after workdirs, feature caches and exports existed, with the values that keep earlier models
+# as they were; `ViTConfig.key` leaves them out at these values.
+LATER_FIELDS = {'norm': 'layer', 'embed_norm': False, 'final_norm': True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +124,11 @@ class ViTConfig:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+  def key(self) -> dict:
+    """to_dict without the LATER_FIELDS at their defaults: what workdir identities and feature-cache keys
+    record, so that those written before the fields existed still match."""
+    return {k: v for k, v in self.to_dict().items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
   @classmethod
   def from_dict(cls, d: dict) -> 'ViTConfig':

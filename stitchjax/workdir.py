@@ -72,7 +72,7 @@ def backbone_identity(bb, digest: str) -> dict:
   """What a backbone's cached features and results depend on: its parameters (digest), its architecture at
   the run's image size and its preprocessing (DINOv3's RoPE has the same parameters at every resolution)."""
   setup = dataclasses.replace(bb.config, dtype='float32', remat=False)  # compute settings are the run's
-  return {'params': digest, 'config': setup.to_dict(), 'preprocess': bb.preprocessing.to_dict()}
+  return {'params': digest, 'config': setup.key(), 'preprocess': bb.preprocessing.to_dict()}
 
 
 def check_images(workdir: pathlib.Path, dataset, skip_corrupt: bool) -> dict:

@@ -56,3 +56,22 @@ def test_identity_is_recorded_then_checked_field_by_field(tmp_path):
     workdir.check_identity(tmp_path, identity | {'backbones': {'p': {'params': 'other'}}})
   with pytest.raises(ValueError, match='class-count mismatch'):
     workdir.check_identity(tmp_path, identity | {'classes': ['a']})
+
+
+def test_a_backbone_recorded_before_the_later_vit_fields_is_the_same_backbone(tmp_path):
+  """ViTConfig fields added since (vit.LATER_FIELDS) are left out of identities at their defaults, so a
+  workdir (and a feature cache, keyed alike) written before them still matches; a model that uses one
+  differs."""
+  import dataclasses
+  from stitchjax import preprocess, vit
+  from stitchjax.backbone import Backbone
+  cfg = vit.ViTConfig(family='dinov2', depth=2, dim=8, heads=2, mlp_dim=16, patch_size=14, image_size=28)
+  bb = Backbone(cfg, {}, preprocess.for_family('dinov2', 28))
+  now = workdir.backbone_identity(bb, 'digest')
+  earlier = now | {'config': {k: v for k, v in cfg.to_dict().items() if k not in vit.LATER_FIELDS}}
+  workdir.check_identity(tmp_path, {'classes': ['x'], 'backbones': {'a': earlier}})
+  workdir.check_identity(tmp_path, {'classes': ['x'], 'backbones': {'a': now}})
+  rms = workdir.backbone_identity(dataclasses.replace(bb, config=dataclasses.replace(cfg, norm='rms')), 'digest')
+  assert rms['config']['norm'] == 'rms'
+  with pytest.raises(ValueError, match=r"different backbones \(\['a'\]\)"):
+    workdir.check_identity(tmp_path, {'classes': ['x'], 'backbones': {'a': rms}})
