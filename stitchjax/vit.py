@@ -30,12 +30,14 @@ ACTIVATIONS = {
 }
 POOLS = ('cls', 'map', 'avg', 'none')
 POS_EMBEDS = ('learned', 'learned_patches', 'rope')
+ROPES = ('none', 'eva', 'pe')
 NORMS = ('layer', 'rms')
 MLPS = ('mlp', 'gated')
 DTYPES = ('float32', 'bfloat16')
 # Fields added after workdirs, feature caches and exports existed, with the values that keep earlier models
 # as they were; `ViTConfig.key` leaves them out at these values.
-LATER_FIELDS = {'norm': 'layer', 'embed_norm': False, 'final_norm': True}
+LATER_FIELDS = {'norm': 'layer', 'embed_norm': False, 'final_norm': True, 'rope': 'none', 'rope_ref_grid': 0,
+                'attn_norm': False, 'mlp_norm': False, 'pool_heads': 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +56,16 @@ class ViTConfig:
   # prefix tokens get none); 'rope' is DINOv3's 2-D RoPE.
   pos_embed: str = 'learned'
   rope_theta: float = 100.0
+  # RoPE beside learned positions: 'eva' is EVA-02's (timm's RotaryEmbeddingCat: index coordinates rescaled to
+  # a rope_ref_grid x rope_ref_grid grid, interleaved pairs); 'pe' is Perception Encoder's (the same from
+  # coordinates 1..g, x before y); DINOv3's is pos_embed='rope'.
+  rope: str = 'none'
+  rope_ref_grid: int = 0
   pre_norm: bool = False  # CLIP's pre_layrnorm after the embedding.
   layer_scale: bool = False
+  attn_norm: bool = False  # a norm on the attention output before its projection (EVA-02's sub-LN)
   mlp: str = 'mlp'  # 'mlp': fc2(act(fc1 x)); 'gated': fc2(act(gate x) * up x) (SwiGLU).
+  mlp_norm: bool = False  # a norm on the MLP's hidden layer before fc2 (EVA-02)
   act: str = 'gelu'
   qkv_bias: tuple[bool, bool, bool] = (True, True, True)  # DINOv3 masks the key bias: (True, False, True).
   proj_bias: bool = True
@@ -68,6 +77,7 @@ class ViTConfig:
   final_norm: bool = True  # False: the last block's tokens are the final tokens (InternViT)
   # 'cls': the CLS token; 'map': SigLIP's attention-pooling head; 'avg': the mean of the patch tokens; 'none'.
   pool: str = 'cls'
+  pool_heads: int = 0  # the MAP head's attention heads; 0: as many as the blocks' (PE's has its own)
   dtype: str = 'float32'  # compute dtype; parameters stay float32.
   remat: bool = False
 
@@ -78,6 +88,9 @@ class ViTConfig:
         (self.pool in POOLS, f'pool={self.pool!r} is not one of {POOLS}'),
         (self.pos_embed in POS_EMBEDS, f'pos_embed={self.pos_embed!r} is not one of {POS_EMBEDS}'),
         (self.norm in NORMS, f'norm={self.norm!r} is not one of {NORMS}'),
+        (self.rope in ROPES, f'rope={self.rope!r} is not one of {ROPES}'),
+        (self.rope == 'none' or self.pos_embed != 'rope', f"rope={self.rope!r} and pos_embed='rope' are two RoPEs"),
+        (self.pool_heads == 0 or self.dim % self.pool_heads == 0, f'dim={self.dim} is not divisible by pool_heads'),
         (self.mlp in MLPS, f'mlp={self.mlp!r} is not one of {MLPS}'),
         (self.dtype in DTYPES, f'dtype={self.dtype!r} is not one of {DTYPES}'),
         (min(self.depth, self.dim, self.heads, self.mlp_dim, self.patch_size, self.image_size) > 0,
@@ -85,13 +98,17 @@ class ViTConfig:
         (self.dim % self.heads == 0, f'dim={self.dim} is not divisible by heads={self.heads}'),
         # Like the references' strided patch conv, a remainder of less than a patch is dropped.
         (self.image_size >= self.patch_size, f'image_size={self.image_size} is smaller than patch_size={self.patch_size}'),
-        (self.pos_embed != 'rope' or (self.dim // self.heads) % 4 == 0,
+        (not self.uses_rope or (self.dim // self.heads) % 4 == 0,
          f'2-D RoPE needs a head dim divisible by 4, got {self.dim // self.heads}'),
         (self.pool != 'cls' or self.cls_token, "pool='cls' needs cls_token=True"),
     ]
     for ok, message in checks:
       if not ok:
         raise ValueError(f'ViTConfig: {message}')
+
+  @property
+  def uses_rope(self) -> bool:
+    return self.pos_embed == 'rope' or self.rope != 'none'
 
   @property
   def head_dim(self) -> int:
@@ -140,11 +157,14 @@ class ViTConfig:
 
 
 def rope_tables(cfg: ViTConfig) -> tuple[np.ndarray, np.ndarray]:
-  """DINOv3's 2-D RoPE: cos and sin tables of shape (num_patches, head_dim).
+  """cos and sin tables of shape (num_patches, head_dim) of the model's 2-D RoPE (see apply_rope)."""
+  return _dinov3_rope_tables(cfg) if cfg.pos_embed == 'rope' else _eva_rope_tables(cfg)
 
-  Patch centres are normalised to [-1, 1] per axis; a quarter of the head dim
-  rotates with y, a quarter with x, and the halves are tiled, as in
-  transformers' DINOv3ViTRopePositionEmbedding (eval mode, no augmentation).
+
+def _dinov3_rope_tables(cfg: ViTConfig) -> tuple[np.ndarray, np.ndarray]:
+  """DINOv3's: patch centres are normalised to [-1, 1] per axis; a quarter of the head dim
+  rotates with y, a quarter with x, and the halves are tiled, as in transformers'
+  DINOv3ViTRopePositionEmbedding (eval mode, no augmentation).
   """
   inv_freq = 1.0 / cfg.rope_theta**np.arange(0, 1, 4 / cfg.head_dim, dtype=np.float32)
   centres = (np.arange(0.5, cfg.grid, dtype=np.float32) / cfg.grid) * 2.0 - 1.0
@@ -154,11 +174,32 @@ def rope_tables(cfg: ViTConfig) -> tuple[np.ndarray, np.ndarray]:
   return np.cos(angles), np.sin(angles)
 
 
-def apply_rope(x, cos, sin, num_prefix: int):
-  """Rotates the patch tokens of x: (B, T, heads, head_dim); prefix tokens pass through."""
+def _eva_rope_tables(cfg: ViTConfig) -> tuple[np.ndarray, np.ndarray]:
+  """EVA-02's and PE's, in float32 step by step as timm computes them: band k of head_dim / 4 is
+  theta^(-k / bands), patch (y, x) sits at index coordinates (PE's from 1) rescaled to the reference grid,
+  and each angle (the y bands, then the x bands; PE: x, then y) covers an interleaved pair of channels."""
+  f32, bands = np.float32, cfg.head_dim // 4
+  freqs = f32(1) / f32(cfg.rope_theta) ** (np.arange(bands).astype(f32) / f32(bands))
+  t = np.arange(cfg.grid).astype(f32) + f32(cfg.rope == 'pe')
+  if cfg.rope_ref_grid:
+    t = t / f32(cfg.grid) * f32(cfg.rope_ref_grid)
+  coords = np.stack(np.meshgrid(t, t, indexing='ij'), axis=-1)  # (g, g, 2): y, x
+  if cfg.rope == 'pe':
+    coords = coords[..., ::-1]
+  angles = (coords[..., None] * freqs).reshape(cfg.num_patches, 2 * bands)
+  return np.repeat(np.cos(angles), 2, axis=-1), np.repeat(np.sin(angles), 2, axis=-1)
+
+
+def apply_rope(x, cos, sin, num_prefix: int, interleaved: bool = False):
+  """Rotates the patch tokens of x: (B, T, heads, head_dim); prefix tokens pass through. Channel i turns
+  with its partner in the other half (DINOv3) or, interleaved, with its neighbour in a pair (EVA-02)."""
   prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
-  half = patches.shape[-1] // 2
-  rotated = jnp.concatenate([-patches[..., half:], patches[..., :half]], axis=-1)
+  if interleaved:
+    pairs = patches.reshape(*patches.shape[:-1], -1, 2)
+    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(patches.shape)
+  else:
+    half = patches.shape[-1] // 2
+    rotated = jnp.concatenate([-patches[..., half:], patches[..., :half]], axis=-1)
   cos, sin = (jnp.asarray(t, x.dtype)[None, :, None, :] for t in (cos, sin))
   return jnp.concatenate([prefix, patches * cos + rotated * sin], axis=1)
 
@@ -247,12 +288,15 @@ class Attention(nn.Module):
     q = split(_dense(cfg, cfg.dim, q_bias, 'q')(x))
     k = split(_dense(cfg, cfg.dim, k_bias, 'k')(kv))
     v = split(_dense(cfg, cfg.dim, v_bias, 'v')(kv))
-    if cfg.pos_embed == 'rope':
+    if cfg.uses_rope:
       cos, sin = rope_tables(cfg)
-      q = apply_rope(q, cos, sin, cfg.num_prefix_tokens)
-      k = apply_rope(k, cos, sin, cfg.num_prefix_tokens)
+      q = apply_rope(q, cos, sin, cfg.num_prefix_tokens, interleaved=cfg.rope != 'none')
+      k = apply_rope(k, cos, sin, cfg.num_prefix_tokens, interleaved=cfg.rope != 'none')
     out = attention(q, k, v)
-    return _dense(cfg, cfg.dim, cfg.proj_bias, 'o')(out.reshape(*out.shape[:-2], cfg.dim))
+    out = out.reshape(*out.shape[:-2], cfg.dim)
+    if cfg.attn_norm:
+      out = _norm(cfg, 'norm')(out)
+    return _dense(cfg, cfg.dim, cfg.proj_bias, 'o')(out)
 
 
 class MLP(nn.Module):
@@ -266,6 +310,8 @@ class MLP(nn.Module):
       h = act(_dense(cfg, cfg.mlp_dim, cfg.mlp_bias, 'gate')(x)) * _dense(cfg, cfg.mlp_dim, cfg.mlp_bias, 'up')(x)
     else:
       h = act(_dense(cfg, cfg.mlp_dim, cfg.mlp_bias, 'fc1')(x))
+    if cfg.mlp_norm:
+      h = _norm(cfg, 'norm')(h)
     return _dense(cfg, cfg.dim, cfg.mlp_bias, 'fc2')(h)
 
 
@@ -294,8 +340,9 @@ class MAPHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     # torch.nn.MultiheadAttention always has biases, and the head's MLP is never gated.
-    cfg = dataclasses.replace(self.cfg, qkv_bias=(True, True, True), proj_bias=True, mlp='mlp',
-                              mlp_bias=True, pos_embed='learned')
+    cfg = dataclasses.replace(self.cfg, qkv_bias=(True, True, True), proj_bias=True, mlp='mlp', mlp_bias=True,
+                              pos_embed='learned', rope='none', attn_norm=False, mlp_norm=False,
+                              heads=self.cfg.pool_heads or self.cfg.heads)
     probe = self.param('probe', nn.initializers.xavier_uniform(), (1, cfg.dim)).astype(x.dtype)
     y = Attention(cfg, name='attn')(jnp.broadcast_to(probe, (x.shape[0], 1, cfg.dim)), kv=x)
     y = y + MLP(cfg, name='mlp')(_norm(cfg, 'norm')(y))

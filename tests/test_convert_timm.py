@@ -80,7 +80,7 @@ def test_a_bare_state_dict_loads_as_its_named_architecture(monkeypatch):
   with pytest.raises(CheckpointError, match=r"model.safetensors: missing key 'blocks.3.attn.qkv.weight'"):
     load_backbone(weights, architecture='vit_large_patch14_dinov2')
   # Registered as an architecture of their own, they load as the directory does, with the family's transform.
-  monkeypatch.setitem(timm_lib.ARCHITECTURES, 'tiny_dinov2', ('dinov2', dict(patch_size=14, embed_dim=32, depth=3,
+  monkeypatch.setitem(timm_lib.ARCHITECTURES, 'tiny_dinov2', ('dinov2', 'vit', dict(patch_size=14, embed_dim=32, depth=3,
                                                                               num_heads=4, init_values=1e-5), 42))
   bare, whole = load_backbone(weights, architecture='tiny_dinov2'), load_backbone(directory)
   assert bare.config == whole.config and bare.preprocessing == whole.preprocessing
@@ -131,8 +131,8 @@ def _edited(tmp_path, name='dinov2', config=None, weights=None):
 
 
 @pytest.mark.parametrize('edit, message', [
-    (dict(config=lambda c: c.update(architecture='eva02_large_patch14_clip_336')),
-     r"timm architecture 'eva02_large_patch14_clip_336' is not one stitchjax represents"),
+    (dict(config=lambda c: c.update(architecture='vit_so150m_patch16_reg4_gap_256')),
+     r"timm architecture 'vit_so150m_patch16_reg4_gap_256' is not one stitchjax represents"),
     (dict(config=lambda c: c['model_args'].update(qk_norm=True)), r'vit_large_patch14_dinov2 with qk_norm=True is not'),
     (dict(config=lambda c: c['model_args'].update(block_fn='ParallelScalingBlock')),
      r"model_args \['block_fn'\] of vit_large_patch14_dinov2 are not ones stitchjax represents"),
@@ -166,13 +166,13 @@ def test_timm_live_gives_what_the_recorded_references_say(name, tmp_path):
   _check(load_backbone(tmp_path / name / 'model', image_size=timm_reference.CASES[name][3]), reference, '_other', 1e-5)
 
 
-def test_a_timm_aimv2_stitches_into_a_transformers_siglip2_trains_and_exports(tmp_path):
-  """No CLS and RMSNorm (AIMv2, timm) into a NaFlex target (SigLIP2, transformers): FFM lowers its loss,
-  TLT trains the head, and the export reloads to the same logits."""
+def test_a_timm_eva02_stitches_into_a_transformers_siglip2_trains_and_exports(tmp_path):
+  """EVA-02 (timm: CLS, learned positions and RoPE) into a target without CLS (SigLIP2 NaFlex,
+  transformers): FFM lowers its loss, TLT trains the head, and the export reloads to the same logits."""
   import stitchjax
   from stitchjax import export, features, objectives
   H.build('siglip2', tmp_path / 'siglip2')
-  src, tgt = load_backbone(DATA / 'aimv2' / 'model'), load_backbone(tmp_path / 'siglip2')
+  src, tgt = load_backbone(DATA / 'eva02' / 'model'), load_backbone(tmp_path / 'siglip2')
   model = stitchjax.stitch(src, tgt, layer=2, kind='mlp', num_classes=2)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (24, 50, 60, 3), np.uint8)
@@ -184,7 +184,24 @@ def test_a_timm_aimv2_stitches_into_a_transformers_siglip2_trains_and_exports(tm
   assert loss(ffm) < 0.8 * loss(init)
   params = stitchjax.fit(model, ffm, data, loss='tlt', lr=1e-2, epochs=2, patience=2, batch_size=8)
   sources = {role: {'path': str(path), 'image_size': bb.config.image_size, 'digest': features.params_digest(bb.params)}
-             for role, path, bb in (('source', DATA / 'aimv2' / 'model', src), ('target', tmp_path / 'siglip2', tgt))}
+             for role, path, bb in (('source', DATA / 'eva02' / 'model', src), ('target', tmp_path / 'siglip2', tgt))}
   export.save_stitched(tmp_path / 'export', model.spec, params, ['dark', 'light'], sources)
   np.testing.assert_array_equal(stitchjax.load_stitched(tmp_path / 'export').logits(images[:4]),
                                 np.asarray(model.logits(params, model.preprocess(images[:4]))))
+
+
+def test_every_listed_architecture_is_timms_full_size_layout():
+  """Where timm imports: each architecture stitchjax lists, built by timm at full size on the meta device (no
+  memory), has exactly the keys and shapes stitchjax expects of it (the tiny references cover the rest)."""
+  timm = _timm_or_skip()
+  from convert import common
+  from stitchjax.vit import ViTConfig
+  for arch in timm_lib.ARCHITECTURES:
+    model = timm.create_model(arch, pretrained=False, num_classes=0, device='meta')
+    arrays = {k: np.broadcast_to(np.float32(0), v.shape) for k, v in model.state_dict().items()}
+    cfg = ViTConfig(**timm_lib.vit_config(arch, {}, model.pretrained_cfg, arch))
+    reader = common.Reader(arch, arrays)
+    timm_lib._params(reader, cfg)
+    reader.check_all_used(timm_lib.CLASSIFIER)
+    want = common.expected_shapes(cfg)
+    assert {k: tuple(v.shape) for k, v in reader.out.items()} == {k: tuple(v) for k, v in want.items()}, arch
