@@ -244,14 +244,16 @@ def load(directory) -> tuple[dict, str, dict, dict | None]:
 # ---------------------------------------------------------------------------------------------
 # Writing: stitchjax params -> a transformers directory (the layouts the project's own models use).
 
-WRITABLE = {'dinov2': 'Dinov2Model', 'siglip': 'SiglipVisionModel'}
+WRITABLE = {'dinov2': 'Dinov2Model', 'dinov3': 'DINOv3ViTModel', 'clip': 'CLIPVisionModel',
+            'siglip': 'SiglipVisionModel'}
 
 
 def _hf_config(cfg) -> dict:
   """config.json of the transformers class that `vit_config` reads back as `cfg`."""
-  if cfg.family not in WRITABLE or cfg.num_registers or cfg.mlp != 'mlp' or cfg.pos_embed != 'learned':
-    raise ValueError(f'only plain {sorted(WRITABLE)} layouts can be written as transformers directories, '
-                     f'got family={cfg.family!r} (registers={cfg.num_registers}, mlp={cfg.mlp!r})')
+  plain = not cfg.num_registers and cfg.mlp == 'mlp' and cfg.pos_embed == 'learned'
+  if cfg.family not in WRITABLE or not (plain or cfg.family == 'dinov3'):
+    raise ValueError(f'only plain {sorted(WRITABLE)} layouts (and DINOv3) can be written as transformers '
+                     f'directories, got family={cfg.family!r} (registers={cfg.num_registers}, mlp={cfg.mlp!r})')
   act = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu', 'silu': 'silu',
          'relu': 'relu'}[cfg.act]
   common_fields = dict(hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
@@ -262,6 +264,15 @@ def _hf_config(cfg) -> dict:
       raise ValueError(f'Dinov2Model needs mlp_dim a multiple of dim, got mlp_dim={cfg.mlp_dim}, dim={cfg.dim}')
     return common_fields | dict(architectures=['Dinov2Model'], model_type='dinov2', mlp_ratio=cfg.mlp_dim // cfg.dim,
                                 qkv_bias=cfg.qkv_bias[0], layerscale_value=1.0, use_swiglu_ffn=False)
+  if cfg.family == 'dinov3':
+    q, k, v = cfg.qkv_bias
+    return common_fields | dict(architectures=['DINOv3ViTModel'], model_type='dinov3_vit', intermediate_size=cfg.mlp_dim,
+                                use_gated_mlp=cfg.mlp == 'gated', num_register_tokens=cfg.num_registers,
+                                rope_theta=cfg.rope_theta, query_bias=q, key_bias=k, value_bias=v,
+                                proj_bias=cfg.proj_bias, mlp_bias=cfg.mlp_bias, layerscale_value=1.0)
+  if cfg.family == 'clip':
+    return common_fields | dict(architectures=['CLIPVisionModel'], model_type='clip_vision_model',
+                                intermediate_size=cfg.mlp_dim)
   return common_fields | dict(architectures=['SiglipVisionModel'], model_type='siglip_vision_model',
                               intermediate_size=cfg.mlp_dim, vision_use_head=cfg.pool == 'map')
 
@@ -293,11 +304,28 @@ def _state_dict(cfg, params) -> dict:
              ('attn/v', 'attention.attention.value'), ('attn/o', 'attention.output.dense'),
              ('mlp/fc1', 'mlp.fc1'), ('mlp/fc2', 'mlp.fc2'))
     layer, norms, final = 'encoder.layer.', (('norm1', 'norm1'), ('norm2', 'norm2')), 'layernorm'
+  elif cfg.family == 'dinov3':
+    e = 'embeddings.'
+    out[e + 'cls_token'] = top['embed/cls'].reshape(1, 1, -1)
+    out[e + 'mask_token'] = np.zeros((1, 1, cfg.dim), np.float32)  # masked-image pretraining only; never read
+    if cfg.num_registers:
+      out[e + 'register_tokens'] = top['embed/registers'][None]
+    out[e + 'patch_embeddings.weight'] = kernel
+    out[e + 'patch_embeddings.bias'] = top['embed/patch/bias']
+    mlp = (('mlp/gate', 'mlp.gate_proj'), ('mlp/up', 'mlp.up_proj')) if cfg.mlp == 'gated' else \
+        (('mlp/fc1', 'mlp.up_proj'),)
+    names = tuple((f'attn/{p}', f'attention.{p}_proj') for p in 'qkvo') + mlp + (('mlp/fc2', 'mlp.down_proj'),)
+    layer, norms, final = 'layer.', (('norm1', 'norm1'), ('norm2', 'norm2')), 'norm'
   else:
     e = 'embeddings.'
     out[e + 'patch_embedding.weight'] = kernel
-    out[e + 'patch_embedding.bias'] = top['embed/patch/bias']
+    if cfg.patch_bias:
+      out[e + 'patch_embedding.bias'] = top['embed/patch/bias']
     out[e + 'position_embedding.weight'] = top['embed/pos']
+    if cfg.cls_token:
+      out[e + 'class_embedding'] = top['embed/cls']
+    if cfg.pre_norm:
+      norm('pre_layrnorm', top, 'embed/pre_norm')
     names = (('attn/q', 'self_attn.q_proj'), ('attn/k', 'self_attn.k_proj'), ('attn/v', 'self_attn.v_proj'),
              ('attn/o', 'self_attn.out_proj'), ('mlp/fc1', 'mlp.fc1'), ('mlp/fc2', 'mlp.fc2'))
     layer, norms, final = 'encoder.layers.', (('norm1', 'layer_norm1'), ('norm2', 'layer_norm2')), 'post_layernorm'

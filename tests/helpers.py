@@ -7,6 +7,7 @@ fails the parity tests.
 """
 import dataclasses
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -142,10 +143,11 @@ def tiny_pair(root: pathlib.Path, per_class: dict) -> None:
 
 
 def tiny_config(root: pathlib.Path):
-  """A stitching config over tiny models root/'dinov2' (with registers, 42 px) and root/'siglip' (32 px), and an
-  image folder root/'data' of 12 training and 4 test images per class: one pair, layer 1, float32."""
+  """A stitching config over tiny models root/'dinov2' (transformers, with registers, 42 px) and root/'siglip'
+  (timm's SigLIP layout, tests/data/timm, at 32 px), and an image folder root/'data' of 12 training and 4
+  test images per class: one pair, layer 1, float32. The two sources' checkpoint formats differ on purpose."""
   build('dinov2_registers', root / 'dinov2')
-  build('siglip', root / 'siglip')
+  shutil.copytree(pathlib.Path(__file__).parent / 'data' / 'timm' / 'siglip' / 'model', root / 'siglip')
   image_folder(root / 'data', {'train': 12, 'test': 4})
   c = config_lib.stitching(str(root / 'work'), dict(kind='image_folder', root=str(root / 'data'), val_fraction=0.25,
                                                     seed=0),
