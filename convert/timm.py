@@ -28,6 +28,7 @@ and of its `Eva` architectures:
     pe         vit_pe_core_{base_patch16_224,                 PE's RoPE (EVA-02's from 1, x before y), a MAP
                large_patch14_336}                             head with its own head count
 
+Any of them with `qk_norm=True` in its `model_args` is read too (a norm on each head's queries and keys).
 An architecture or a `model_args` value outside what the ViT represents is refused by name
 (`CheckpointError`), never approximated. Learned positions are resampled to another image size as
 timm's loader does (bicubic, antialiased: 'bicubic_aa').
@@ -135,14 +136,14 @@ def vit_config(architecture: str, model_args: dict, pretrained_cfg: dict, where:
     raise CheckpointError(f'{where}: model_args {unknown} of {architecture} are not ones stitchjax represents')
   a = defaults | registered | {k: v for k, v in model_args.items() if k not in INERT}
   fields, refuse = (_vit_fields if cls == 'vit' else _eva_fields)(a)
-  for bad, what in [(a['in_chans'] != 3, f'in_chans={a["in_chans"]}'), (a['qk_norm'], 'qk_norm=True'),
+  for bad, what in [(a['in_chans'] != 3, f'in_chans={a["in_chans"]}'),
                     (a['global_pool'] not in POOLS, f'global_pool={a["global_pool"]!r}'), *refuse]:
     if bad:
       raise CheckpointError(f'{where}: {architecture} with {what} is not supported')
   dim = a['embed_dim']
   return dict(family=family, depth=a['depth'], dim=dim, heads=a['num_heads'], mlp_dim=int(dim * a['mlp_ratio']),
               patch_size=a['patch_size'], image_size=_image_size(model_args, pretrained_cfg, default_size, where),
-              pool=POOLS.get(a['global_pool']), **fields)
+              pool=POOLS.get(a['global_pool']), qk_norm=a['qk_norm'], **fields)
 
 
 def _vit_fields(a: dict) -> tuple[dict, list]:
@@ -238,6 +239,9 @@ def _params(r: common.Reader, cfg: ViTConfig) -> None:
   for i in range(cfg.depth):
     s, o = f'blocks.{i}.', f'blocks/{i}/'
     _attention(r, s + 'attn.', o + 'attn/', fused)
+    if cfg.qk_norm:
+      _norm(r, s + 'attn.q_norm', o + 'attn/q_norm')
+      _norm(r, s + 'attn.k_norm', o + 'attn/k_norm')
     if cfg.attn_norm:
       _norm(r, s + 'attn.norm', o + 'attn/norm')
     dense(r, s + 'attn.proj', o + 'attn/o')

@@ -38,7 +38,7 @@ DTYPES = ('float32', 'bfloat16')
 # Fields added after workdirs, feature caches and exports existed, with the values that keep earlier models
 # as they were; `ViTConfig.key` leaves them out at these values.
 LATER_FIELDS = {'norm': 'layer', 'embed_norm': False, 'final_norm': True, 'rope': 'none', 'rope_ref_grid': 0,
-                'attn_norm': False, 'mlp_norm': False, 'pool_heads': 0}
+                'attn_norm': False, 'mlp_norm': False, 'pool_heads': 0, 'qk_norm': False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +64,7 @@ class ViTConfig:
   rope_ref_grid: int = 0
   pre_norm: bool = False  # CLIP's pre_layrnorm after the embedding.
   layer_scale: bool = False
+  qk_norm: bool = False  # a norm on each head's queries and keys, before any RoPE
   attn_norm: bool = False  # a norm on the attention output before its projection (EVA-02's sub-LN)
   mlp: str = 'mlp'  # 'mlp': fc2(act(fc1 x)); 'gated': fc2(act(gate x) * up x) (SwiGLU).
   mlp_norm: bool = False  # a norm on the MLP's hidden layer before fc2 (EVA-02)
@@ -241,6 +242,8 @@ class Attention(nn.Module):
     q = split(_dense(cfg, cfg.dim, q_bias, 'q')(x))
     k = split(_dense(cfg, cfg.dim, k_bias, 'k')(kv))
     v = split(_dense(cfg, cfg.dim, v_bias, 'v')(kv))
+    if cfg.qk_norm:
+      q, k = _norm(cfg, 'q_norm')(q), _norm(cfg, 'k_norm')(k)
     if cfg.uses_rope:
       cos, sin = rope.tables(cfg)
       q = rope.apply(q, cos, sin, cfg.num_prefix_tokens, interleaved=cfg.rope != 'none')
@@ -294,7 +297,7 @@ class MAPHead(nn.Module):
   def __call__(self, x):
     # torch.nn.MultiheadAttention always has biases, and the head's MLP is never gated.
     cfg = dataclasses.replace(self.cfg, qkv_bias=(True, True, True), proj_bias=True, mlp='mlp', mlp_bias=True,
-                              pos_embed='learned', rope='none', attn_norm=False, mlp_norm=False,
+                              pos_embed='learned', rope='none', qk_norm=False, attn_norm=False, mlp_norm=False,
                               heads=self.cfg.pool_heads or self.cfg.heads)
     probe = self.param('probe', nn.initializers.xavier_uniform(), (1, cfg.dim)).astype(x.dtype)
     y = Attention(cfg, name='attn')(jnp.broadcast_to(probe, (x.shape[0], 1, cfg.dim)), kv=x)

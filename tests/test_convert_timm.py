@@ -146,7 +146,7 @@ def _edited(tmp_path, name='dinov2', config=None, weights=None):
 @pytest.mark.parametrize('edit, message', [
     (dict(config=lambda c: c.update(architecture='vit_so150m_patch16_reg4_gap_256')),
      r"timm architecture 'vit_so150m_patch16_reg4_gap_256' is not one stitchjax represents"),
-    (dict(config=lambda c: c['model_args'].update(qk_norm=True)), r'vit_large_patch14_dinov2 with qk_norm=True is not'),
+    (dict(config=lambda c: c['model_args'].update(qk_norm=True)), r"missing key 'blocks.0.attn.q_norm.weight'"),
     (dict(config=lambda c: c['model_args'].update(block_fn='ParallelScalingBlock')),
      r"model_args \['block_fn'\] of vit_large_patch14_dinov2 are not ones stitchjax represents"),
     (dict(config=lambda c: c['model_args'].update(global_pool='avg')), r'fc_norm \(a norm after pooling\)'),

@@ -30,6 +30,7 @@ CASES = {
     'siglip_so400m': ('vit_so400m_patch14_siglip_384', dict(depth=3, embed_dim=32, num_heads=4), 42, 56),
     'aimv2': ('aimv2_large_patch14_336', dict(depth=3, embed_dim=32, num_heads=4), 42, 56),
     'intern300m': ('vit_intern300m_patch14_448', dict(depth=3, embed_dim=32, num_heads=4), 42, 56),
+    'dinov2_qk_norm': ('vit_large_patch14_dinov2', dict(depth=3, embed_dim=32, num_heads=4, qk_norm=True), 42, 56),
     'eva02': ('eva02_large_patch14_clip_336', dict(depth=3, embed_dim=32, num_heads=4), 42, 56),
     'pe': ('vit_pe_core_large_patch14_336', dict(depth=3, embed_dim=32, num_heads=4), 42, 56),
     'dinov3': ('vit_large_patch16_dinov3_qkvb', dict(depth=3, embed_dim=32, num_heads=4), 48, 32),
