@@ -139,9 +139,11 @@ def dense(r: Reader, key: str, ours: str):
     r.put(ours + '/bias', key + '.bias')
 
 
-def norm(r: Reader, key: str, ours: str):
+def norm(r: Reader, key: str, ours: str, bias: bool = True):
+  """A LayerNorm's weight and bias, or an RMSNorm's weight alone (bias=False)."""
   r.put(ours + '/scale', key + '.weight')
-  r.put(ours + '/bias', key + '.bias')
+  if bias:
+    r.put(ours + '/bias', key + '.bias')
 
 
 def split(r: Reader, key: str, targets: list[str]):

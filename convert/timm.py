@@ -38,11 +38,14 @@ import pathlib
 import safetensors.numpy
 
 from convert import common
-from convert.common import CheckpointError, conv, dense
+from convert.common import CheckpointError, conv, dense, norm
 from convert.pth import load_state_dict
+from stitchjax.preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD
 from stitchjax.vit import ViTConfig
 
-# timm's VisionTransformer defaults, in its own argument names.
+# timm's VisionTransformer defaults, in its own argument names, except for its class-valued ones, which
+# model_args never holds: norm and norm_eps stand for norm_layer, embed_norm for embed_norm_layer, and
+# mlp_layer is 'mlp' or 'swiglu'.
 _VIT = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_norm=False,
             proj_bias=True, init_values=None, class_token=True, pos_embed='learn', no_embed_class=False,
             reg_tokens=0, pre_norm=False, final_norm=True, fc_norm=None, global_pool='token', act_layer='gelu',
@@ -100,15 +103,16 @@ INERT = ('drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate', 'att
          'weight_init', 'fix_init', 'dynamic_img_size', 'img_size', 'head_init_scale', 'rope_shift_coords',
          'rope_jitter_coords', 'rope_rescale_coords')
 CLASSIFIER = (r'^head\.(weight|bias)$',)  # a classifier on the pooled output: not part of the backbone
-_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-_OPENAI = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+_IMAGENET = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_OPENAI = dict(mean=CLIP_MEAN, std=CLIP_STD)
+_HALF = dict(mean=HALF, std=HALF)
 # The eval transform a bare state dict gets (it carries no pretrained_cfg): its family's default tag's.
 FAMILY_DATA = {family: dict(interpolation='bicubic', crop_pct=crop_pct, crop_mode='center', **stats)
                for family, crop_pct, stats in (('dinov2', 1.0, _IMAGENET), ('clip', 1.0, _OPENAI),
-                                               ('siglip', 0.9, dict(mean=(0.5,) * 3, std=(0.5,) * 3)),
+                                               ('siglip', 0.9, _HALF),
                                                ('aimv2', 1.0, _OPENAI), ('internvit', 1.0, _IMAGENET),
                                                ('eva02', 1.0, _OPENAI), ('dinov3', 1.0, _IMAGENET),
-                                               ('pe', 1.0, dict(mean=(0.5,) * 3, std=(0.5,) * 3)))}
+                                               ('pe', 1.0, _HALF))}
 
 
 def is_timm(config: dict) -> bool:
@@ -199,12 +203,6 @@ def _eva_fields(a: dict) -> tuple[dict, list]:
               pool_heads=a['attn_pool_num_heads'] or 0), refuse
 
 
-def _norm(r: common.Reader, key: str, ours: str):
-  r.put(ours + '/scale', key + '.weight')
-  if r.has(key + '.bias'):  # RMSNorm has none
-    r.put(ours + '/bias', key + '.bias')
-
-
 def _attention(r: common.Reader, s: str, o: str, fused: bool) -> None:
   """q, k and v: fused (one qkv matrix, its bias fused or, in Eva, q_bias and v_bias with no key bias) or apart."""
   qkv = [o + 'q', o + 'k', o + 'v']
@@ -222,6 +220,9 @@ def _attention(r: common.Reader, s: str, o: str, fused: bool) -> None:
 
 def _params(r: common.Reader, cfg: ViTConfig) -> None:
   """timm's VisionTransformer or Eva state dict -> stitchjax names (fused qkv and the pooling head's kv split)."""
+  def put_norm(key, ours):  # every norm of the model is of one kind: LayerNorm with a bias, or RMSNorm without
+    norm(r, key, ours, bias=cfg.norm == 'layer')
+
   if cfg.cls_token:
     r.put('embed/cls', 'cls_token', lambda a: a.reshape(-1))
   if cfg.num_registers:
@@ -232,21 +233,21 @@ def _params(r: common.Reader, cfg: ViTConfig) -> None:
   if cfg.patch_bias:
     r.put('embed/patch/bias', 'patch_embed.proj.bias')
   if cfg.embed_norm:
-    _norm(r, 'patch_embed.norm', 'embed/patch_norm')
+    put_norm('patch_embed.norm', 'embed/patch_norm')
   if cfg.pre_norm:
-    _norm(r, 'norm_pre', 'embed/pre_norm')
+    put_norm('norm_pre', 'embed/pre_norm')
   fused = r.has('blocks.0.attn.qkv.weight')  # as the first block is, every block is
   for i in range(cfg.depth):
     s, o = f'blocks.{i}.', f'blocks/{i}/'
     _attention(r, s + 'attn.', o + 'attn/', fused)
     if cfg.qk_norm:
-      _norm(r, s + 'attn.q_norm', o + 'attn/q_norm')
-      _norm(r, s + 'attn.k_norm', o + 'attn/k_norm')
+      put_norm(s + 'attn.q_norm', o + 'attn/q_norm')
+      put_norm(s + 'attn.k_norm', o + 'attn/k_norm')
     if cfg.attn_norm:
-      _norm(r, s + 'attn.norm', o + 'attn/norm')
+      put_norm(s + 'attn.norm', o + 'attn/norm')
     dense(r, s + 'attn.proj', o + 'attn/o')
-    _norm(r, s + 'norm1', o + 'norm1')
-    _norm(r, s + 'norm2', o + 'norm2')
+    put_norm(s + 'norm1', o + 'norm1')
+    put_norm(s + 'norm2', o + 'norm2')
     if cfg.layer_scale:  # VisionTransformer's LayerScale modules, or Eva's bare parameters
       gammas = ('ls1.gamma', 'ls2.gamma') if r.has(s + 'ls1.gamma') else ('gamma_1', 'gamma_2')
       r.put(o + 'ls1', s + gammas[0])
@@ -255,9 +256,9 @@ def _params(r: common.Reader, cfg: ViTConfig) -> None:
     for ours, name in names.items():
       dense(r, f'{s}mlp.{name}', f'{o}mlp/{ours}')
     if cfg.mlp_norm:
-      _norm(r, s + 'mlp.norm', o + 'mlp/norm')
+      put_norm(s + 'mlp.norm', o + 'mlp/norm')
   if cfg.final_norm:
-    _norm(r, 'norm', 'norm')
+    put_norm('norm', 'norm')
   if cfg.pool == 'map':
     h = 'attn_pool.'
     r.put('head/probe', h + 'latent', lambda a: a.reshape(1, -1))
@@ -265,7 +266,7 @@ def _params(r: common.Reader, cfg: ViTConfig) -> None:
     common.split(r, h + 'kv.weight', ['head/attn/k', 'head/attn/v'])
     common.split(r, h + 'kv.bias', ['head/attn/k', 'head/attn/v'])
     dense(r, h + 'proj', 'head/attn/o')
-    _norm(r, h + 'norm', 'head/norm')
+    put_norm(h + 'norm', 'head/norm')
     dense(r, h + 'mlp.fc1', 'head/mlp/fc1')
     dense(r, h + 'mlp.fc2', 'head/mlp/fc2')
 

@@ -188,5 +188,4 @@ def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:
   cfg, method, processor = _export_meta(path)
   fields = cfg.to_dict()
   want = jax.eval_shape(functools.partial(vit.init_params, cfg), jax.random.key(0))
-  params = checkpoints.load_tree(path / EXPORT_PARAMS, want)
-  return fields, method, jax.tree.map(lambda a: np.asarray(a, np.float32), params), processor
+  return fields, method, checkpoints.load_tree(path / EXPORT_PARAMS, want), processor  # float32, as init_params

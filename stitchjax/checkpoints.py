@@ -40,9 +40,9 @@ def save_tree(path: pathlib.Path, tree) -> None:
 
 
 def load_tree(path: pathlib.Path, like=None):
-  """numpy arrays as saved, on every process (CheckpointError names what cannot be read). With `like` (arrays or jax.ShapeDtypeStructs), every key
-  and shape is checked against it first, and the arrays are cast to its dtypes: orbax alone would hand
-  back whatever shapes were saved."""
+  """numpy arrays as saved, on every process; CheckpointError names what cannot be read. With `like`
+  (arrays or jax.ShapeDtypeStructs), every key and shape is checked against it first, and the arrays
+  are cast to its dtypes: orbax alone would hand back whatever shapes were saved."""
   path = pathlib.Path(path).absolute()
   checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process_only())
   try:
@@ -51,11 +51,11 @@ def load_tree(path: pathlib.Path, like=None):
     raise CheckpointError(f'{path}: cannot restore the orbax checkpoint ({e})') from e
   if like is None:
     return tree
-  check_keys_and_shapes(path, tree, like)
+  _check_keys_and_shapes(path, tree, like)
   return jax.tree.map(lambda a, want: a.astype(want.dtype), tree, like)
 
 
-def check_keys_and_shapes(path, got, want) -> None:
+def _check_keys_and_shapes(path, got, want) -> None:
   """CheckpointError naming the first key of `path` missing from `got`, unexpected in it, or misshapen."""
   got, want = common.flat_paths(got), common.flat_paths(want)
   for key in sorted(set(want) | set(got)):

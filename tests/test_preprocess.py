@@ -249,3 +249,16 @@ def test_from_dict_and_field_errors():
 def test_for_family_errors(family, image_size, config, match):
   with pytest.raises(ValueError, match=match):
     pp.for_family(family, image_size, config)
+
+
+@pytest.mark.parametrize('config, match', [
+    ({'crop_mode': 'border'}, r'pretrained_cfg\["crop_mode"\]=\'border\': only center and squash'),
+    ({'interpolation': 'random'}, r'pretrained_cfg\["interpolation"\]=\'random\' is not one of'),
+    ({'crop_pct': 1.2}, r'pretrained_cfg\["crop_pct"\]=1.2 must be in \(0, 1\]'),
+    ({'std': (0.5, 0.0, 0.5)}, r'std=\(0.5, 0.0, 0.5\) has a zero'),
+])
+def test_from_timm_names_what_it_cannot_reproduce(config, match):
+  with pytest.raises(ValueError, match=match):
+    pp.from_timm(config, 28)
+  assert pp.from_timm({}, 28) == pp.Preprocess('shortest_edge', 32, 'bicubic', 'torchvision', pp.IMAGENET_MEAN,
+                                               pp.IMAGENET_STD, crop=28)  # timm's defaults: crop_pct 0.875
