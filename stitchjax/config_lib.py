@@ -84,10 +84,14 @@ def on_two_cpu_cores(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   It departs from the paper's schedule: one learning rate instead of the sweep
   (--config.train.lrs=0.001,0.005,0.01 restores it), at most 5 epochs, and a resumable checkpoint at
   most every 30 s (each costs ~0.1 s). The time goes into the target suffix's forward and backward
-  passes (~110 ms per batch of 64 through 6 mini blocks), so it scales with epochs x images.
+  passes, so it scales with epochs x images.
   float32: bf16 is slower than float32 on CPUs (on GPUs set --config.dtype=bfloat16).
+  remat: at this size, writing every block's activations into the layer scan's stacked buffers costs
+  more than recomputing them: a TLT step through 6 mini blocks at batch 64 takes 130 ms with it and
+  190 ms without (BENCHMARKS.md). At ViT-S on CPU the two are even.
   """
   c.dtype = 'float32'
+  c.remat = True
   c.train.epochs, c.train.patience, c.train.lrs = 5, 2, '0.01'
   c.train.batch_size = dict(lfm=128, default=64)
   c.train.checkpoint_every_s = 30.0

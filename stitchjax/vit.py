@@ -328,6 +328,7 @@ class ViT(nn.Module):
     return x, None if cfg.pool == 'none' else _pooled(cfg, x)
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one program, not one compilation per op of flax's init
 def init_params(cfg: ViTConfig, rng) -> dict:
   images = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
   return ViT(cfg).init(rng, images)['params']

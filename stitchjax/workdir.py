@@ -119,7 +119,9 @@ def compilation_cache(config):
 
   Safe to share: JAX writes entries from process 0 only, and a size bound turns on JAX's file lock
   around every read and write, which keeps concurrent runs on one directory from reading half-written
-  entries.
+  entries. With several processes on CPUs only process 0 reads them back: each key holds the CPU
+  client's topology, which differs between processes, so the others compile again (and JAX's
+  jax_share_binary_between_hosts, which waits for process 0's key, hangs there).
   """
   directory = config.get('compilation_cache_dir', '')
   if directory == 'none' or (not directory and jax.config.jax_compilation_cache_dir):

@@ -27,7 +27,8 @@ def test_every_config_names_a_job_and_a_stitching_config_validates(path):
 
 def test_the_two_core_schedule_is_what_the_mini_configs_run():
   c = config_lib.on_two_cpu_cores(config_lib.stitching('w', {'kind': 'fashion_mnist'}, config_lib.MINI_VFMS))
-  assert (c.dtype, c.train.epochs, c.train.patience, c.train.lrs) == ('float32', 5, 2, '0.01')
+  assert (c.dtype, c.remat, c.train.epochs, c.train.patience, c.train.lrs) == ('float32', True, 5, 2, '0.01')
   for path in (p for p in CONFIGS if p.stem in ('demo', 'seg_mini')):
     config = _load(path)
-    assert (config.train.epochs, config.train.patience, config.train.lrs, config.dtype) == (5, 2, '0.01', 'float32')
+    assert (config.train.epochs, config.train.patience, config.train.lrs, config.dtype, config.remat) == (
+        5, 2, '0.01', 'float32', True)

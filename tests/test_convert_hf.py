@@ -1,4 +1,6 @@
 """The transformers converter and the `python -m convert` round trip, including every bad input."""
+import contextlib
+import io
 import json
 import pathlib
 import shutil
@@ -12,13 +14,17 @@ import safetensors.numpy
 
 import helpers as H
 from convert import CheckpointError
+from convert.__main__ import main as convert_main
 from stitchjax import load_backbone
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _convert(*args):
-  return subprocess.run([sys.executable, '-m', 'convert', *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+def _convert(*args) -> tuple[int, str]:
+  """The CLI's main in this process: (exit status, stderr). One test below runs it as `python -m convert`."""
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    return convert_main(list(map(str, args))), err.getvalue()
 
 
 @pytest.mark.parametrize('name', sorted(H.CASES))
@@ -27,8 +33,8 @@ def test_cli_round_trip_reproduces_the_direct_load(name, tmp_path):
   model = H.build(name, src)
   native = load_backbone(src).config
   size = native.image_size + native.patch_size
-  result = _convert(src, out, '--image-size', size)
-  assert result.returncode == 0, result.stderr
+  status, err = _convert(src, out, '--image-size', size)
+  assert status == 0, err
   direct, exported = load_backbone(src, image_size=size), load_backbone(out)
   assert exported.config == direct.config
   assert exported.preprocessing == direct.preprocessing
@@ -36,9 +42,18 @@ def test_cli_round_trip_reproduces_the_direct_load(name, tmp_path):
   x = H.images(2, size)
   ref = H.reference(model, x)
   assert H.rel_err(exported.embed(exported.params, x), ref.hidden_states[0]) <= 1e-5
-  # An export re-loaded at its own size is the same backbone; the CLI refuses to overwrite without --force.
-  assert _convert(src, out).returncode == 1
-  assert _convert(src, out, '--force').returncode == 0
+
+
+def test_python_m_convert_writes_refuses_to_overwrite_and_forces(hf_dir, tmp_path):
+  def cli(*args):
+    return subprocess.run([sys.executable, '-m', 'convert', *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+  out = tmp_path / 'export'
+  first = cli(hf_dir, out)
+  assert first.returncode == 0 and first.stdout.startswith(f'wrote {out}: dinov2'), first.stderr
+  assert load_backbone(out).config == load_backbone(hf_dir).config
+  refused = cli(hf_dir, out)
+  assert refused.returncode == 1 and refused.stderr.startswith('error: ') and 'force' in refused.stderr
+  assert cli(hf_dir, out, '--force').returncode == 0
 
 
 @pytest.fixture
@@ -114,7 +129,7 @@ def test_missing_source_and_weights_are_named(tmp_path, hf_dir):
 
 def test_corrupt_export_is_refused_and_cli_reports_it(hf_dir, tmp_path):
   out = tmp_path / 'export'
-  assert _convert(hf_dir, out).returncode == 0
+  assert _convert(hf_dir, out)[0] == 0
   meta = json.loads((out / 'stitchjax.json').read_text())
   meta['config']['dim'] = 48
   (out / 'stitchjax.json').write_text(json.dumps(meta))
@@ -123,8 +138,8 @@ def test_corrupt_export_is_refused_and_cli_reports_it(hf_dir, tmp_path):
   shutil.rmtree(out / 'params')
   with pytest.raises(CheckpointError, match='params: cannot restore'):
     load_backbone(out)
-  result = _convert(out, tmp_path / 'again')
-  assert result.returncode == 1 and 'cannot restore' in result.stderr
+  status, err = _convert(out, tmp_path / 'again')
+  assert status == 1 and 'cannot restore' in err
   assert not (tmp_path / 'again').exists()
 
 

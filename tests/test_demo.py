@@ -34,7 +34,7 @@ def _demo_config(tmp_path):
 
 @needs_data
 @needs_weights
-def test_shortened_demo_yields_every_expected_record(tmp_path):
+def test_shortened_demo_yields_every_expected_record_and_the_stitch_point_gap(tmp_path):
   c = _demo_config(tmp_path)
   c.data.limit_per_class = 30
   c.layers = '2,6'
@@ -51,26 +51,14 @@ def test_shortened_demo_yields_every_expected_record(tmp_path):
         want |= {(s, t, layer, m, 'test', 'accuracy') for m in ('lfm', 'ffm', 'tlt', 'ffm_tlt')}
         want |= {(s, t, layer, m, 'test', d) for m in ('lfm', 'ffm') for d in ('layer_distance', 'final_distance')}
   assert want <= have, sorted(want - have)
+  # What holds with margin at the shallowest stitch point (2026-11-23 full demo: 2.9x; this short run, 2026-12-03:
+  # 1.50 against 5.97): LFM, which optimises the stitch point, ends there well over 2x closer to the target's tokens
+  # than FFM. Figure 2's other half, FFM's smaller final-layer distance, is reported (report.md), not asserted:
+  # short runs have not always shown it.
+  value = {(r['source'], r['target'], r['layer'], r['method'], r['metric']): r['value'] for r in records}
+  lfm, ffm = (value['siglip_mini', 'dino_mini', 2, m, 'layer_distance'] for m in ('lfm', 'ffm'))
+  assert lfm < 0.5 * ffm, (lfm, ffm)
   report = (work / 'report.md').read_text()
   assert 'What it does not show' in report and 'mini models trained by stitchjax' in report
   for name in ('tables.md', 'accuracy_mlp.png'):
     assert (work / name).stat().st_size > 500
-
-
-@needs_data
-@needs_weights
-def test_lfm_ends_far_closer_to_the_target_at_the_stitch_point_than_ffm(tmp_path):
-  """What held with margin on the mini-VFMs at the shallowest stitch point (siglip_mini->dino_mini, L2):
-  LFM, which optimises the stitch point, ends there well over 2x closer to the target's tokens than
-  FFM (2026-11-23: 2.9x in the full demo, 0.40 vs 1.98 in this short run). Figure 2's other half,
-  FFM's smaller final-layer distance, held in the full demo by 15% at this cell but not in this short
-  run (0.105 vs 0.092), so report.md reports it and no test asserts it."""
-  c = _demo_config(tmp_path)
-  c.pairs, c.layers, c.methods = 'siglip_mini:dino_mini', '2', 'lfm,ffm'
-  c.data.limit_per_class = 40
-  c.train.epochs, c.train.batch_size = 4, dict(lfm=16, default=16)
-  jobs.run(c)
-  records = json.loads((pathlib.Path(c.workdir) / 'results.json').read_text())
-  d = {(r['method'], r['metric']): r['value'] for r in records
-       if (r['source'], r['target'], r['layer']) == ('siglip_mini', 'dino_mini', 2) and r['metric'].endswith('distance')}
-  assert d['lfm', 'layer_distance'] < 0.5 * d['ffm', 'layer_distance'], d

@@ -1,5 +1,5 @@
 """Several JAX processes as one run: two processes on this machine (127.0.0.1 coordinator, gloo collectives)
-against one process, and a run that loses a process and is started again."""
+that lose a process mid-run and are started again, against one process."""
 import json
 import os
 import pathlib
@@ -70,21 +70,12 @@ def single(config, tmp_path_factory):
   return _records(workdir)
 
 
-def test_two_processes_give_the_results_of_one(config, single, tmp_path):
-  outs = _finish(_start(config, tmp_path / 'work', 2))
-  _assert_same_results(_records(tmp_path / 'work'), single)
-  # Process 0 reports; the other prints nothing of ours (gloo's C++ connection line is not ours to silence).
-  assert 'records in' in outs[0] and [l for l in outs[1].splitlines() if not l.startswith('[Gloo]')] == []
-  assert (tmp_path / 'work' / 'results.csv').exists() and (tmp_path / 'work' / 'exports').exists()
-  # Each example's features were computed by one process: the cache holds one entry per (backbone, split).
-  entries = [p for p in (tmp_path / 'work' / 'cache').iterdir() if len(p.name) == 64]
-  assert len(entries) == 2 * 3
-
-
-def test_a_run_that_lost_a_process_resumes_to_the_same_results(config, single, tmp_path):
-  procs = _start(config, tmp_path / 'work', 2)
+def test_two_processes_that_lose_a_process_and_restart_give_the_results_of_one(config, single, tmp_path):
+  """The resumed run finishes what the killed one started, so together they are one two-process run."""
+  work = tmp_path / 'work'
+  procs = _start(config, work, 2)
   deadline = time.monotonic() + 300
-  while not list((tmp_path / 'work' / 'cells').glob('*/result.json')) and time.monotonic() < deadline:
+  while not list((work / 'cells').glob('*/result.json')) and time.monotonic() < deadline:
     assert all(p.poll() is None for p in procs), [p.communicate()[1][-3000:] for p in procs]
     time.sleep(0.2)
   procs[1].send_signal(signal.SIGKILL)  # one process dies mid-run; the scheduler then stops the job (srun does)
@@ -92,6 +83,12 @@ def test_a_run_that_lost_a_process_resumes_to_the_same_results(config, single, t
   procs[0].send_signal(signal.SIGKILL)
   for p in procs:
     p.communicate()
-  assert not (tmp_path / 'work' / 'results.json').exists() or len(_records(tmp_path / 'work')) < len(single)
-  _finish(_start(config, tmp_path / 'work', 2))
-  _assert_same_results(_records(tmp_path / 'work'), single)
+  assert not (work / 'results.json').exists() or len(_records(work)) < len(single)
+  outs = _finish(_start(config, work, 2))
+  _assert_same_results(_records(work), single)
+  # Process 0 reports; the other prints nothing of ours (gloo's C++ connection line is not ours to silence).
+  assert 'records in' in outs[0] and [l for l in outs[1].splitlines() if not l.startswith('[Gloo]')] == []
+  assert (work / 'results.csv').exists() and (work / 'exports').exists()
+  # Each example's features were computed by one process: the cache holds one entry per (backbone, split).
+  entries = [p for p in (work / 'cache').iterdir() if len(p.name) == 64]
+  assert len(entries) == 2 * 3
