@@ -87,8 +87,8 @@ def on_two_cpu_cores(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   passes, so it scales with epochs x images.
   float32: bf16 is slower than float32 on CPUs (on GPUs set --config.dtype=bfloat16).
   remat: at this size, writing every block's activations into the layer scan's stacked buffers costs
-  more than recomputing them: a TLT step through 6 mini blocks at batch 64 takes 130 ms with it and
-  190 ms without (BENCHMARKS.md). At ViT-S on CPU the two are even.
+  more than recomputing them: a TLT step through 6 mini blocks at batch 64 takes 118 ms with it and
+  166 ms without (benchmarks/remat.py, BENCHMARKS.md). At ViT-S on CPU the two are even.
   """
   c.dtype = 'float32'
   c.remat = True
