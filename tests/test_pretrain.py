@@ -147,7 +147,8 @@ def test_sigmoid_loss_matches_hand_computation():
 def test_siglip_logits_start_at_the_papers_scale_and_bias():
   cfg = vit.ViTConfig(family='siglip', cls_token=False, pool='map', act='gelu_tanh', **TINY)
   params, _ = pretrain.siglip_init(cfg, pretrain.Siglip(embed_dim=8), 5, jax.random.key(0))
-  logits = jax.jit(functools.partial(pretrain.siglip_logits, cfg))(params, jax.random.normal(jax.random.key(1), (3, 28, 28, 3)))
+  images = jax.random.normal(jax.random.key(1), (3, 28, 28, 3))
+  logits = jax.jit(functools.partial(pretrain.siglip_logits, cfg))(params, images)
   assert logits.shape == (3, 5)
   # exp(log 10) * cosine - 10 lies in [-20, 0].
   assert float(logits.min()) >= -20 - 1e-4 and float(logits.max()) <= 1e-4
