@@ -158,6 +158,11 @@ def _dinov3(r: common.Reader, cfg):
   r.put('embed/cls', e + 'cls_token', lambda a: a.reshape(-1))
   if cfg.num_registers:
     r.put('embed/registers', e + 'register_tokens', lambda a: a[0])
+  elif r.has(e + 'register_tokens'):  # transformers keeps the parameter, (1, 0, D), for no registers
+    registers = r.get(e + 'register_tokens')
+    if registers.size:
+      raise r.error(f"key '{e}register_tokens' has shape {registers.shape}, but config.json has "
+                    'num_register_tokens=0; refusing to load part of the checkpoint')
   r.put('embed/patch/kernel', e + 'patch_embeddings.weight', conv)
   r.put('embed/patch/bias', e + 'patch_embeddings.bias')
   layer = 'model.layer.' if r.has('model.layer.0.norm1.weight') else 'layer.'
@@ -308,8 +313,8 @@ def _state_dict(cfg, params) -> dict:
     e = 'embeddings.'
     out[e + 'cls_token'] = top['embed/cls'].reshape(1, 1, -1)
     out[e + 'mask_token'] = np.zeros((1, 1, cfg.dim), np.float32)  # masked-image pretraining only; never read
-    if cfg.num_registers:
-      out[e + 'register_tokens'] = top['embed/registers'][None]
+    registers = top['embed/registers'][None] if cfg.num_registers else np.zeros((1, 0, cfg.dim), np.float32)
+    out[e + 'register_tokens'] = registers  # transformers keeps the parameter, empty, for no registers
     out[e + 'patch_embeddings.weight'] = kernel
     out[e + 'patch_embeddings.bias'] = top['embed/patch/bias']
     mlp = (('mlp/gate', 'mlp.gate_proj'), ('mlp/up', 'mlp.up_proj')) if cfg.mlp == 'gated' else \

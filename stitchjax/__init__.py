@@ -15,7 +15,7 @@ import importlib
 # stitchjax.vit while stitchjax.backbone loads through them: importing either package first must not
 # run the other's half-initialised __init__, so this one imports nothing eagerly.
 _PUBLIC = {'Backbone': 'backbone', 'load_backbone': 'backbone', 'save_backbone': 'backbone',
-           'load_stitched': 'export', 'StitchedModel': 'model', 'stitch': 'model', 'fit': 'objectives',
+           'load_stitched': 'export', 'StitchedModel': 'model', 'stitch': 'model', 'fit': 'objectives', 'scout': 'scouting',
            'ViTConfig': 'vit'}
 __all__ = sorted(_PUBLIC)
 

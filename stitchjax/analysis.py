@@ -220,33 +220,6 @@ NUMBERS = {2: distances_table, 3: table4, 4: table2}
 
 # Files.
 
-def _load_predictions(workdir: pathlib.Path, records) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
-  """(test labels, {Cell.id: test predictions}) of every cell with a test accuracy, each checked against
-  that accuracy: a labels or predictions file from another run would give plausible but wrong counts.
-  Labels are needed only where there are accuracies (a segmentation workdir has none)."""
-  scored = [r for r in records if (r['split'], r['metric']) == ('test', 'accuracy')]
-  if not scored:
-    return None, {}
-  labels_path = workdir / 'test_labels.npy'
-  if not labels_path.exists():
-    raise FileNotFoundError(f'{labels_path} is missing: run the stitch job on this workdir once to save it '
-                            '(finished cells are not recomputed)')
-  labels = np.load(labels_path)
-  out = {}
-  for r in scored:
-    cell = Cell.of(r)
-    path = workdir / 'cells' / cell.id / 'test_predictions.npy'
-    if not path.exists():
-      raise FileNotFoundError(f'{path} is missing: results.json records a test accuracy for cell {cell.id}, '
-                              'but its test predictions were not saved')
-    pred = np.load(path)
-    if pred.shape != labels.shape or abs(float(np.mean(pred == labels)) - r['value']) > 1e-6:
-      raise ValueError(f'{path} (shape {pred.shape}) and {labels_path} (shape {labels.shape}) do not give the '
-                       f'test accuracy {r["value"]} that results.json records for cell {cell.id}')
-    out[cell.id] = pred
-  return labels, out
-
-
 def write(workdir) -> str:
   """Writes figure<2..6>_<stitch layer>.png and analyses.md from a finished workdir; returns a summary."""
   workdir = pathlib.Path(workdir)
@@ -254,7 +227,7 @@ def write(workdir) -> str:
   if not results.exists():
     raise FileNotFoundError(f'{results} is missing: the analyses need the workdir of a finished stitch run')
   records = json.loads(results.read_text())
-  labels, predictions = _load_predictions(workdir, records)
+  labels, predictions = rec.load_predictions(workdir, records)
   parts = ['# Analyses: the paper\'s Figures 2-6 and Table 12', '',
            'From results.json' + ('' if labels is None else
                                   f', the per-cell test predictions and test_labels.npy (n = {len(labels)} test images)')

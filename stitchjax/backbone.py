@@ -39,6 +39,7 @@ class Backbone:
   # Kept so that an export can be re-loaded at another image size exactly as its source would be.
   position_resampling: str = 'bicubic'
   processor_config: dict | None = None
+  processor_backend: str = 'pil'  # which of transformers' processors `preprocessing` is (stitchjax/preprocess.py)
 
   def embed(self, params, images):
     """images (B,S,S,3) float32, already normalised -> tokens (B,T,D)."""
@@ -86,12 +87,23 @@ def init_layout(name: str, path: str, image_size: int | None) -> vit.ViTConfig:
 
 def configured(name: str, spec, seed: int) -> Backbone:
   """A configured backbone: any path load_backbone accepts, or 'init:<family>' for a seeded random layout."""
-  path = str(spec.path)
+  path, backend = str(spec.path), configured_processor_backend(name, spec)
   if not path.startswith('init:'):
-    return load_backbone(path, image_size=spec.get('image_size'))
+    return load_backbone(path, image_size=spec.get('image_size'), processor_backend=backend)
   cfg = init_layout(name, path, spec.get('image_size'))
+  backend = backend or 'pil'
   return Backbone(cfg, vit.init_params(cfg, jax.random.key(seed)),
-                  preprocess_lib.for_family(cfg.family, cfg.image_size))
+                  preprocess_lib.for_family(cfg.family, cfg.image_size, processor_backend=backend),
+                  processor_backend=backend)
+
+
+def configured_processor_backend(name: str, spec) -> str | None:
+  """backbones.<name>.processor_backend of a run config, checked before anything loads; None where unset."""
+  backend = spec.get('processor_backend')
+  if backend is not None and backend not in preprocess_lib.PROCESSOR_BACKENDS:
+    raise ValueError(f'backbones.{name}.processor_backend={backend!r} is not one of '
+                     f'{preprocess_lib.PROCESSOR_BACKENDS}')
+  return backend
 
 
 def _dtype_name(dtype) -> str:
@@ -113,17 +125,22 @@ def _with_image_size(fields: dict, params: dict, method: str, image_size: int | 
   return fields, params
 
 
-def preprocessing(cfg: vit.ViTConfig, processor: dict | None) -> preprocess_lib.Preprocess:
+def preprocessing(cfg: vit.ViTConfig, processor: dict | None, processor_backend: str = 'pil'
+                  ) -> preprocess_lib.Preprocess:
   """The reference preprocessing at cfg.image_size: timm's eval transform for a timm checkpoint, else the
-  family's transformers processor (as configured by the checkpoint's preprocessor_config.json, if any)."""
+  family's transformers processor (as configured by the checkpoint's preprocessor_config.json, if any) of
+  processor_backend 'pil' or 'torchvision'."""
   if processor is not None and 'timm' in processor:
+    if processor_backend != 'pil':
+      raise ValueError(f"processor_backend={processor_backend!r}: a timm checkpoint has one eval transform, timm's "
+                       "(a PIL resize), which processor_backend='pil' gives")
     return preprocess_lib.from_timm(processor['timm'], cfg.image_size)
   return preprocess_lib.for_family('siglip' if cfg.family.startswith('siglip') else cfg.family, cfg.image_size,
-                                   processor)
+                                   processor, processor_backend)
 
 
 def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, heads: int | None = None,
-                  architecture: str | None = None) -> Backbone:
+                  architecture: str | None = None, processor_backend: str | None = None) -> Backbone:
   """Loads a checkpoint exactly (or raises CheckpointError naming the file and key).
 
   image_size: run at this resolution; learned position embeddings are resampled as
@@ -133,16 +150,25 @@ def load_backbone(source, image_size: int | None = None, dtype=jnp.float32, head
     (the files do not store it).
   architecture: the timm architecture of a bare timm state dict (a directory from timm's
     save_for_hf names its own).
+  processor_backend: which of transformers' two image processors `preprocess` reproduces, by
+    AutoImageProcessor's names: 'pil' or 'torchvision' (stitchjax/preprocess.py: how their pixels
+    differ, and why 'pil' is the default). Default: what a stitchjax export recorded, else 'pil'.
+    A timm checkpoint has one eval transform, which 'pil' gives.
   """
+  if processor_backend is not None:
+    preprocess_lib.check_processor_backend(processor_backend)
   path = hub.resolve(source)
+  recorded = 'pil'
   if path.is_dir() and (path / EXPORT_CONFIG).exists():
-    fields, method, params, processor = _read_export(path)
+    fields, method, params, processor, recorded = _read_export(path)
   else:
     fields, method, params, processor = load_checkpoint(path, heads=heads, architecture=architecture)
   fields, params = _with_image_size(fields, params, method, image_size, path)
   cfg = vit.ViTConfig(**(fields | {'dtype': _dtype_name(dtype)}))
-  prep = preprocessing(cfg, processor)
-  return Backbone(cfg, jax.device_put(params), prep, method, processor)  # (jnp.asarray compiles a copy per shape)
+  backend = recorded if processor_backend is None else processor_backend
+  prep = preprocessing(cfg, processor, backend)
+  # device_put, as jnp.asarray would compile a copy per shape.
+  return Backbone(cfg, jax.device_put(params), prep, method, processor, backend)
 
 
 def save_backbone(bb: Backbone, out, overwrite: bool = False) -> None:
@@ -153,7 +179,8 @@ def save_backbone(bb: Backbone, out, overwrite: bool = False) -> None:
   with atomic.directory(out) as tmp:
     checkpoints.save_tree(tmp / EXPORT_PARAMS, bb.params)
     meta = {'format_version': FORMAT_VERSION, 'config': bb.config.to_dict() | {'dtype': 'float32'},
-            'position_resampling': bb.position_resampling, 'processor_config': bb.processor_config}
+            'position_resampling': bb.position_resampling, 'processor_config': bb.processor_config,
+            'processor_backend': bb.processor_backend}
     (tmp / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
 
 
@@ -168,24 +195,25 @@ def describe(source, image_size: int | None = None) -> vit.ViTConfig:
   return vit.ViTConfig(**(fields | ({'image_size': image_size} if image_size else {})))
 
 
-def _export_meta(path: pathlib.Path) -> tuple[vit.ViTConfig, str, dict | None]:
-  """(config, position resampling, processor config) from an export's stitchjax.json."""
+def _export_meta(path: pathlib.Path) -> tuple[vit.ViTConfig, str, dict | None, str]:
+  """(config, position resampling, processor config, processor backend) from an export's stitchjax.json."""
   meta_path = path / EXPORT_CONFIG
   try:
     meta = json.loads(meta_path.read_text())
     fields, method, processor = dict(meta['config']), meta['position_resampling'], meta['processor_config']
+    backend = meta.get('processor_backend', 'pil')  # exports written before the field: transformers' PIL one
   except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
     raise CheckpointError(f'{meta_path}: not a stitchjax export config ({e!r})') from e
   if meta.get('format_version') != FORMAT_VERSION:
     raise CheckpointError(f'{meta_path}: format_version {meta.get("format_version")!r}, expected {FORMAT_VERSION}')
   try:
-    return vit.ViTConfig.from_dict(fields), method, processor
+    return vit.ViTConfig.from_dict(fields), method, processor, backend
   except (TypeError, ValueError) as e:
     raise CheckpointError(f'{meta_path}: bad config: {e}') from e
 
 
-def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None]:
-  cfg, method, processor = _export_meta(path)
+def _read_export(path: pathlib.Path) -> tuple[dict, str, dict, dict | None, str]:
+  cfg, method, processor, backend = _export_meta(path)
   fields = cfg.to_dict()
   want = jax.eval_shape(functools.partial(vit.init_params, cfg), jax.random.key(0))
-  return fields, method, checkpoints.load_tree(path / EXPORT_PARAMS, want), processor  # float32, as init_params
+  return fields, method, checkpoints.load_tree(path / EXPORT_PARAMS, want), processor, backend  # float32 params

@@ -6,11 +6,17 @@
 - `ffm_tlt`: `tlt` from the `ffm` stitch of the same pair, layer and stitch layer.
 
 Every pair's backbones also get self-stitch cells (source = target). List-valued fields take
-'2,6' or [2, 6]; a bad entry is named with its field.
+'2,6' or [2, 6]; a bad entry is named with its field. `layers='scout:K'` stitches each pair at the K
+layers the scout ranks best (the workdir's scout.json), and each backbone's self-stitch at every layer
+where one of its pairs is stitched, so that each stitch has its baselines (scouting.recommend).
 """
+import json
+import pathlib
+
 import jax
 
 from stitchjax import data as data_lib
+from stitchjax import scouting
 from stitchjax import stitch_layers as stitch_lib
 from stitchjax import tasks, vit
 from stitchjax.records import Cell
@@ -51,15 +57,59 @@ def pairs(config) -> list[tuple[str, str]]:
   return out
 
 
+def routes(config) -> list[tuple[str, str]]:
+  """(source, target) in run order: every backbone's self-stitch, then the pairs."""
+  backbones = dict.fromkeys(b for pair in pairs(config) for b in pair)
+  return list(dict.fromkeys([(b, b) for b in backbones] + pairs(config)))
+
+
+SCOUT = 'scout:'
+
+
+def scout_top(config) -> int | None:
+  """K of layers='scout:K', else None."""
+  value = config.layers
+  if not (isinstance(value, str) and value.startswith(SCOUT)):
+    return None
+  k = value.removeprefix(SCOUT)
+  if not (k.isdigit() and int(k) > 0):
+    raise ValueError(f'config.layers={value!r}: expected {SCOUT}K with K a positive integer (the layers per pair)')
+  return int(k)
+
+
+def route_layers(config) -> dict[tuple[str, str], list[int]]:
+  """The stitch layers of every route: config.layers, or with 'scout:K' the scout's choice (module docstring)."""
+  k = scout_top(config)
+  if k is None:
+    layers = typed_list(config, 'layers', int)
+    return {route: layers for route in routes(config)}
+  path = pathlib.Path(config.workdir) / 'scout.json'
+  if not path.exists():
+    raise FileNotFoundError(f'config.layers={config.layers!r} reads {path}, which is missing: run the scout first '
+                            '(--config.job=scout; the stitch job runs it itself)')
+  saved = json.loads(path.read_text())
+  try:
+    chosen = scouting.recommend(saved['records'], saved['rank_by'], k, routes(config))
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
+  return {route: sorted(layers) for route, layers in chosen.items()}
+
+
+def all_layers(config) -> tuple[int, ...] | None:
+  """Every route's layers together (what the feature cache holds); None while the scout has yet to choose them."""
+  if scout_top(config) is not None and not (pathlib.Path(config.workdir) / 'scout.json').exists():
+    return None
+  return tuple(sorted({l for layers in route_layers(config).values() for l in layers}))
+
+
 def expand(config) -> list[Cell]:
-  """Cells in run order: probes, then per pair (self-stitches first) layer x stitch layer x method."""
+  """Cells in run order: probes, then per route (self-stitches first) layer x stitch layer x method."""
   methods = as_list(config.methods)
   backbones = list(dict.fromkeys(b for pair in pairs(config) for b in pair))
   cells = [Cell(b, b, None, 'lp', None) for b in backbones] if 'lp' in methods else []
   stitched = [m for m in methods if m != 'lp']
-  routes = [(b, b) for b in backbones] + [p for p in pairs(config) if p[0] != p[1]]
-  for source, target in routes:
-    for layer in as_list(config.layers):
+  for (source, target), layers in route_layers(config).items():
+    for layer in layers:
       for kind in as_list(config.stitch_layer):
         cells += [Cell(source, target, int(layer), m, kind) for m in stitched]
   return list(dict.fromkeys(cells))
@@ -80,6 +130,8 @@ def validate(config, backbones: dict | None = None) -> None:
       if name not in config.backbones:
         raise ValueError(f'config.pairs: backbone {name!r} is not in config.backbones ({sorted(config.backbones)})')
   validate_task(config)
+  if scout_top(config) is not None:
+    return  # the scout's layers are each route's own
   layers = typed_list(config, 'layers', int)
   for layer in layers:
     for name, bb in (backbones or {}).items():

@@ -2,10 +2,12 @@
 
 Fields (all overridable: `--config.layers=14,22 --config.backbones.dinov2.path=/ckpt/dinov2-large`):
 - workdir: results, checkpoints, feature cache (unless cache_dir is set) and exports;
-- backbones: name -> {path: anything load_backbone accepts, image_size};
+- backbones: name -> {path: anything load_backbone accepts, image_size, processor_backend: 'pil' (the default)
+  or 'torchvision', which of transformers' image processors the backbone's pixels are (stitchjax/preprocess.py)};
 - data: {kind, root, ...}, see stitchjax/data/ (one module per kind in data/kinds/);
 - pairs: 'source:target,...'; every backbone in a pair also gets self-stitch cells;
-- layers, methods, stitch_layer, train.lrs: comma-separated lists;
+- layers, methods, stitch_layer, train.lrs: comma-separated lists (layers='scout:K': each pair's K best by
+  the scout);
 - train: epochs, patience, lrs, batch_size.{lfm, default, ...}, weight_decay, checkpoint_every_s (0: a
   resumable checkpoint after every epoch; more: at most one per that many seconds, for runs of tiny epochs);
 - eval_batch_size: the batch of validation and test passes (0: train.batch_size.default);
@@ -16,6 +18,7 @@ Fields (all overridable: `--config.layers=14,22 --config.backbones.dinov2.path=/
   evaluation resolution; see stitchjax/segmentation.py);
 - export: the methods whose trained stitched models (classifiers, or segmenters with their decoder) are
   exported for load_stitched;
+- scout: the stitchability scout's subsample, ridges, ranking proxy and how many layers it recommends;
 - analysis_only: skip training and only rewrite the Figures 2-6 / Table 12 analyses of the workdir;
 - report_context: a paragraph on the setup that opens report.md (stitchjax/report.py).
 """
@@ -53,7 +56,7 @@ def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES, task:
   # Recompute the target suffix's activations in the backward pass: a ViT-L pair at batch 128 stitched
   # at layer 2 plans 25 GiB with it and ~300 GiB without (XLA's CPU plan, BENCHMARKS.md).
   c.remat = False
-  c.backbones = {name: dict(spec) for name, spec in backbones.items()}
+  c.backbones = {name: {'processor_backend': 'pil'} | dict(spec) for name, spec in backbones.items()}
   c.data = dict(data)
   c.pairs = 'dinov2:siglip2,siglip2:dinov2'
   c.layers = '2,6,10,14,18,22'
@@ -67,6 +70,9 @@ def stitching(workdir: str, data: dict, backbones: dict = PAPER_BACKBONES, task:
   c.cache_dir = ''  # default: <workdir>/cache
   c.compilation_cache_dir = ''  # XLA's persistent cache; default: JAX's own if set, else <cache_dir>/xla; 'none': off
   c.export = 'ffm_tlt'
+  # The scout (--config.job=scout; layers='scout:K' then stitches each pair at its K best): closed-form
+  # proxies fitted on `subsample` training images; see stitchjax/scouting.py and docs/scout.md.
+  c.scout = dict(subsample=2000, ridge=1e-4, probe_ridges='1e-3,1e-2,0.1,1,10', rank_by='lfm_r2', top=3)
   c.analysis_only = False  # True: train nothing, rewrite the analyses (stitchjax/analysis.py) from the workdir
   c.report_context = ''
   # True: one process per host or GPU node (stitchjax/distributed.py). Under srun and on TPU VMs JAX finds

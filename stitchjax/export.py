@@ -31,8 +31,10 @@ from stitchjax import model as model_lib
 from stitchjax import stitch_layers as stitch_lib
 from convert.common import CheckpointError
 
-FORMAT_VERSION = 2  # 2 added task, label_size and relative backbone paths; version 1 exports still load
-READABLE = (1, 2)
+# 2 added task, label_size and relative backbone paths; 3 each backbone's processor_backend, which a reader
+# that did not know it would ignore, preprocessing as 'pil'. Older exports still load.
+FORMAT_VERSION = 3
+READABLE = (1, 2, 3)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -73,7 +75,8 @@ def backbone_location(path, out) -> dict:
 
 def save_stitched(out, spec: stitch_lib.StitchSpec, params: dict, classes: list, sources: dict,
                   task=tasks.Classification()) -> None:
-  """sources: {'source': {'path', 'image_size', 'digest'}, 'target': {...}}; written atomically."""
+  """sources: {'source': {'path', 'image_size', 'processor_backend', 'digest'}, 'target': {...}}; written
+  atomically. Without a processor_backend, a backbone reloads with 'pil' (as exports written before it)."""
   out = pathlib.Path(out)
   backbones = {role: info | backbone_location(info['path'], out) for role, info in sources.items()}
   with atomic.directory(out) as tmp:
@@ -92,7 +95,8 @@ def _load_backbone(directory: pathlib.Path, role: str, info: dict, given, dtype)
   else:
     location = info['path']
   try:
-    bb = backbone_lib.load_backbone(location, image_size=info['image_size'], dtype=dtype)
+    bb = backbone_lib.load_backbone(location, image_size=info['image_size'], dtype=dtype,
+                                    processor_backend=info.get('processor_backend', 'pil'))
   except CheckpointError as e:
     hint = '' if given is not None else f"; if it moved, say where: load_stitched(..., {role}='<path or repo id>')"
     raise CheckpointError(f'{directory / "stitched.json"}: the {role} backbone: {e}{hint}') from e

@@ -28,6 +28,7 @@ target suffix and the head.
 """
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -40,7 +41,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from stitchjax import atomic, distributed
+from stitchjax import atomic, distributed, vit
 from stitchjax import data as data_lib
 
 BF16 = ml_dtypes.bfloat16
@@ -254,18 +255,24 @@ def pad(rows: np.ndarray, size: int) -> np.ndarray:
 
 def forward(bb, params, images, layers=(), final: bool = False, pooled: bool = False) -> dict:
   """One pass of a backbone over preprocessed images: {'layer_<n>': tokens after block n for each of
-  `layers`, and as asked 'final' (the final tokens) and 'pooled' (B, D)}."""
+  `layers`, and as asked 'final' (the final tokens) and 'pooled' (B, D)}. One compiled program per
+  backbone and set of outputs."""
+  return _forward(bb.config, params, images, tuple(sorted(layers)), final, pooled)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _forward(cfg, params, images, layers: tuple, final: bool, pooled: bool) -> dict:
   out = {}
-  x, at = bb.embed(params, images), 0
-  for layer in sorted(layers):
-    x, at = bb.blocks(params, x, at, layer), layer
+  x, at = vit.embed(cfg, params, images), 0
+  for layer in layers:
+    x, at = vit.blocks(cfg, params, x, at, layer), layer
     out[f'layer_{layer}'] = x
   if final or pooled:
-    tokens = bb.final(params, bb.blocks(params, x, at, bb.config.depth))
+    tokens = vit.final(cfg, params, vit.blocks(cfg, params, x, at, cfg.depth))
     if final:
       out['final'] = tokens
     if pooled:
-      out['pooled'] = bb.pool(params, tokens)
+      out['pooled'] = vit.pool(cfg, params, tokens)
   return out
 
 

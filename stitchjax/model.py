@@ -132,16 +132,18 @@ class StitchedModel:
 
 def stitch(source, target, layer: int, kind: str = 'mlp', *, num_classes: int | None = None,
            task='classification', label_size: int | None = None, lora_rank: int = 8,
-           dtype: str | None = None, remat: bool = False) -> StitchedModel:
+           dtype: str | None = None, remat: bool = False, processor_backend: str | None = None) -> StitchedModel:
   """Stitches `source`'s blocks [0, layer) into `target`'s blocks [layer, N) with a `kind` stitch layer
   ('linear', 'mlp' or 'lora'; stitchjax/stitch_layers.py).
 
-  source, target: Backbones, or anything load_backbone accepts (paths, repo ids in the local cache).
+  source, target: Backbones, or anything load_backbone accepts (paths, repo ids in the local cache), loaded
+    with processor_backend: which transformers image processor they preprocess as, 'pil' or 'torchvision'
+    (load_backbone; stitchjax/preprocess.py). A Backbone keeps the one it was loaded with.
   num_classes: add a linear head (classification) or decoder (segmentation, with label_size).
   dtype: the stitch's compute dtype; default the target's.
   """
-  source, target = (b if isinstance(b, backbone_lib.Backbone) else backbone_lib.load_backbone(b)
-                    for b in (source, target))
+  source, target = (b if isinstance(b, backbone_lib.Backbone) else
+                    backbone_lib.load_backbone(b, processor_backend=processor_backend) for b in (source, target))
   spec = stitch_lib.StitchSpec(kind, source.config, target.config, layer, lora_rank=lora_rank,
                                dtype=dtype or target.config.dtype)
   task = tasks.make(task, label_size) if isinstance(task, str) else task

@@ -17,6 +17,8 @@ take the model (stitchjax/model.py) first and are bound with `functools.partial(
 Feature distances average the squared error over tokens and channels; lfm and ffm do not
 depend on the task.
 """
+import concurrent.futures
+import dataclasses
 import functools
 import pathlib
 
@@ -121,6 +123,8 @@ def loss_score(loss_fn, batch_size: int, put=lambda b: b):
 
 # The public trainer: stitchjax.fit.
 LOSSES = {'lfm': lfm_loss, 'ffm': ffm_loss, 'tlt': tlt_loss}
+STAGES = {'lfm': ('lfm',), 'ffm': ('ffm',), 'tlt': ('tlt',), 'ffm_tlt': ('ffm', 'tlt')}
+INPUTS = {'lfm': ('source', 'target_layer'), 'ffm': ('source', 'target_final'), 'tlt': ('source', 'label')}
 
 
 def fit(model, params: dict, data: dict, loss: str = 'ffm', *, val: dict | None = None, lr: float = 1e-3,
@@ -136,49 +140,98 @@ def fit(model, params: dict, data: dict, loss: str = 'ffm', *, val: dict | None 
   workdir: checkpoints of every epoch, so that a killed fit resumes where it stopped.
   log: called with each epoch's record (unit, epoch, train_loss, val_score, ...).
 
-  The backbones' tokens are computed once, in memory, in bfloat16 as the protocol caches them; for a
-  dataset beyond memory, run the protocol (run.py), whose feature cache lives on disk.
+  The backbones' tokens are computed once, in memory, in bfloat16 as the protocol caches them (ffm_tlt's
+  two stages share the source's); for a dataset beyond memory, run the protocol (run.py), whose feature
+  cache lives on disk. On accelerators, every stage's programs compile on a thread while the tokens compute.
   Returns params with the trained parts replaced by the best epoch's by validation.
   """
-  if loss == 'ffm_tlt':
-    stages = dict(val=val, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
-                  weight_decay=weight_decay, seed=seed, workdir=workdir, log=log)
-    return fit(model, fit(model, params, data, 'ffm', **stages), data, 'tlt', **stages)
-  if loss not in LOSSES:
-    raise ValueError(f'loss={loss!r} is not one of {(*LOSSES, "ffm_tlt")}')
-  if loss == 'tlt' and 'head' not in params:
-    raise ValueError("loss='tlt' trains a head: build the model with stitchjax.stitch(..., num_classes=...)")
+  if loss not in STAGES:
+    raise ValueError(f'loss={loss!r} is not one of {tuple(STAGES)}')
+  stages = STAGES[loss]
+  if 'tlt' in stages and 'head' not in params:
+    raise ValueError(f"loss={loss!r} trains a head: build the model with stitchjax.stitch(..., num_classes=...)")
   if batch_size % jax.device_count():
     raise ValueError(f'batch_size={batch_size} is not divisible by the {jax.device_count()} devices')
   placement = train.Placement.data_parallel()
-  net = model.net
-  loss_fn = functools.partial(LOSSES[loss], net)
-  trainable = params if loss == 'tlt' else {'stitch': params['stitch']}
-  train_arrays = stitch_inputs(model, data, loss, batch_size)
-  val_arrays = train_arrays if val is None else stitch_inputs(model, val, loss, batch_size)
-  if loss != 'tlt':
-    score = loss_score(loss_fn, batch_size, placement.batch)
-  else:
-    score = task_score(net.task, functools.partial(predictions, net), batch_size, placement.batch)
-  schedule = train.Schedule(lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
-                            weight_decay=weight_decay, seed=seed)
-  best, _ = train.fit(loss_fn, score, trainable, model.frozen(with_source=False), train_arrays, val_arrays, schedule,
-                      None if workdir is None else pathlib.Path(workdir) / loss, desc=loss, placement=placement,
-                      log=log)
-  return params | best
+  frozen = placement.replicate(model.frozen(with_source=False))
+  units = [_Stage(model.net, stage, batch_size, placement) for stage in stages]
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    compiled = [pool.submit(unit.compile, _trainable(params, unit.name), frozen) if compile_ahead() else None
+                for unit in units]
+    train_arrays = stitch_inputs(model, data, loss, batch_size)
+    val_arrays = train_arrays if val is None else stitch_inputs(model, val, loss, batch_size)
+    schedule = train.Schedule(lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
+                              weight_decay=weight_decay, seed=seed)
+    for unit, ready in zip(units, compiled):
+      if ready is not None:
+        ready.result()
+      best, _ = train.fit(unit.loss, unit.score, _trainable(params, unit.name), frozen, unit.inputs(train_arrays),
+                          unit.inputs(val_arrays), schedule, None if workdir is None else pathlib.Path(workdir) / unit.name,
+                          desc=unit.name, placement=placement, log=log)
+      params = params | best
+  return params
+
+
+def compile_ahead() -> bool:
+  """Whether fit compiles its programs on a thread while the tokens compute: where they run on an accelerator,
+  which leaves the host's cores to the compiler. On CPUs both need the same cores, and overlapping them
+  gains nothing (BENCHMARKS.md): each program compiles at its first call."""
+  return jax.default_backend() != 'cpu'
+
+
+def _trainable(params: dict, stage: str) -> dict:
+  return params if stage == 'tlt' else {'stitch': params['stitch']}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+  """One stage of stitchjax.fit: its loss, its validation score and the programs they run."""
+  net: Stitched
+  name: str
+  batch_size: int
+  placement: train.Placement
+
+  @property
+  def loss(self):
+    return functools.partial(LOSSES[self.name], self.net)
+
+  @property
+  def evaluation(self):
+    """The per-batch function the validation score runs."""
+    return functools.partial(predictions, self.net) if self.name == 'tlt' else self.loss
+
+  @property
+  def score(self):
+    if self.name == 'tlt':
+      return task_score(self.net.task, self.evaluation, self.batch_size, self.placement.batch)
+    return loss_score(self.loss, self.batch_size, self.placement.batch)
+
+  def inputs(self, arrays: dict) -> dict:
+    return {k: arrays[k] for k in INPUTS[self.name]}
+
+  def compile(self, trainable, frozen) -> None:
+    """The step and the validation program, compiled for this stage's shapes without running them: jax keeps
+    them where their first calls look, so this can run while the tokens they read are computed."""
+    spec = self.net.spec
+    tokens = lambda cfg: jax.ShapeDtypeStruct((self.batch_size, cfg.num_tokens, cfg.dim), features_lib.BF16)
+    batch = {'source': tokens(spec.source), 'target_layer': tokens(spec.target), 'target_final': tokens(spec.target),
+             'label': jax.ShapeDtypeStruct(self.net.task.label_shape(self.batch_size), self.net.task.label_dtype)}
+    batch = self.inputs(batch) | {'mask': jax.ShapeDtypeStruct((self.batch_size,), np.float32)}
+    train.compile_step(self.loss, trainable, frozen, batch, self.placement)
+    _jit(self.evaluation).lower(self.placement.abstract_replicated(trainable), frozen,
+                                self.placement.abstract_batch(batch)).compile()
 
 
 def stitch_inputs(model, data: dict, loss: str, batch_size: int) -> dict:
-  """What `loss` reads, as the protocol's feature cache holds it: the source's tokens after block n and
-  the target's (after block n for lfm, final for ffm) in bfloat16; the labels for tlt."""
+  """What `loss` (any of STAGES) reads, as the protocol's feature cache holds it: the source's tokens after
+  block n and the target's (after block n for lfm, final for ffm) in bfloat16; the labels for tlt."""
   if 'image' not in data:
     raise ValueError(f"data has no 'image' (keys: {sorted(data)})")
   n = model.spec.layer
-  wanted = {'source': (model.source, f'layer_{n}')}
-  if loss == 'lfm':
-    wanted['target_layer'] = (model.target, f'layer_{n}')
-  elif loss == 'ffm':
-    wanted['target_final'] = (model.target, 'final')
+  names = {name for stage in STAGES[loss] for name in INPUTS[stage]}
+  wanted = {name: where for name, where in {'source': (model.source, f'layer_{n}'),
+                                            'target_layer': (model.target, f'layer_{n}'),
+                                            'target_final': (model.target, 'final')}.items() if name in names}
   images, out = data['image'], {name: [] for name in wanted}
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
@@ -187,7 +240,7 @@ def stitch_inputs(model, data: dict, loss: str, batch_size: int) -> dict:
       tokens = features_lib.forward(bb, bb.params, x, layers=(n,) if key != 'final' else (), final=key == 'final')
       out[name].append(np.asarray(tokens[key])[:len(chunk)].astype(features_lib.BF16))
   arrays = {name: np.concatenate(v) for name, v in out.items()}
-  if loss == 'tlt':
+  if 'label' in names:
     arrays['label'] = _labels(model, data, len(images))
   return arrays
 

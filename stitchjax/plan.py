@@ -24,6 +24,7 @@ class Plan:
   configs: dict  # backbone name -> ViTConfig, or the reason it could not be read
   split_sizes: dict | str  # split -> examples, or why the data could not be read
   cache_bytes: int | None
+  scout: dict | None  # scout_cost: the scout's work against the full grid's, where configs and data are known
 
 
 def describe(name: str, spec) -> vit.ViTConfig:
@@ -54,6 +55,25 @@ def cache_bytes(configs: dict, layers: list[int], split_sizes: dict) -> int:
   return total
 
 
+def scout_cost(configs: dict, routes: list, split_sizes: dict, subsample: int, epochs: int) -> dict:
+  """The scout's work and the full FFM→TLT grid's at every layer of every route, in image-block passes (an
+  image through one block, forward; a backward pass counted as two): {'scout', 'grid', 'ratio'}.
+
+  Scout: each backbone twice over the fits' subsample and once over val, each route's suffix from every
+  layer over both. Grid: the features over every split, then per route and layer two stages (FFM, TLT) of
+  `epochs` epochs (early stopping can only shorten them), each a forward and backward pass of the target
+  suffix over train and a forward pass over val, and the test pass; one learning rate.
+  """
+  train, val, test = (split_sizes[s] for s in ('train', 'val', 'test'))
+  fits = min(subsample, train)
+  suffix = lambda route: sum(configs[route[1]].depth - n for n in range(1, min(configs[b].depth for b in route)))
+  backbones = {b for route in routes for b in route}
+  scout = sum(configs[b].depth * (2 * fits + val) for b in backbones) + sum(suffix(r) * (fits + val) for r in routes)
+  grid = sum(configs[b].depth * (train + val + test) for b in backbones) + sum(
+      suffix(r) * (2 * epochs * (3 * train + val) + test) for r in routes)
+  return {'scout': scout, 'grid': grid, 'ratio': scout / grid}
+
+
 def make(config) -> Plan:
   cells.validate(config)
   used = list(dict.fromkeys(b for pair in cells.pairs(config) for b in pair))
@@ -69,12 +89,12 @@ def make(config) -> Plan:
     split_sizes = {name: len(split) for name, split in splits.items()}
   except Exception as e:  # the data is often not on the machine that plans: say why, plan the rest
     split_sizes = f'{type(e).__name__}: {e}'
-  layers = cells.typed_list(config, 'layers', int)
+  layers = cells.all_layers(config)  # None: the scout has yet to choose them (layers='scout:K')
   known = all(isinstance(c, vit.ViTConfig) for c in configs.values()) and isinstance(split_sizes, dict)
   work = pathlib.Path(config.workdir) / 'cells'
   lrs = cells.typed_list(config, 'train.lrs', float)
   status, all_units = {}, set()
-  for cell in cells.expand(config):
+  for cell in cells.expand(config) if layers is not None else []:
     if (work / cell.id / 'result.json').exists():
       status[cell.id] = 'done'
     else:
@@ -82,4 +102,6 @@ def make(config) -> Plan:
     all_units |= {(u, lr) for u in units(cell) for lr in lrs}
   done = sum((work / u / f'lr_{lr:g}' / 'done.json').exists() for u, lr in all_units)
   return Plan(status, len(all_units), done, configs, split_sizes,
-              cache_bytes(configs, layers, split_sizes) if known else None)
+              cache_bytes(configs, layers, split_sizes) if known and layers is not None else None,
+              scout_cost(configs, cells.routes(config), split_sizes, config.scout.subsample, config.train.epochs)
+              if known else None)

@@ -5,15 +5,45 @@ transfer) when the pixels fed to the JAX model are the ones the reference
 processor would produce. `Preprocess` reproduces them in numpy + PIL, with no
 torch at run time:
 
-    pre = for_family('dinov2', 224)          # or for_family(family, size, json.load(f))
+    pre = for_family('dinov2', 224)          # or for_family(family, size, json.load(f), 'torchvision')
     pixels = pre(images)                     # uint8 (B, H, W, 3) -> float32 (B, 224, 224, 3)
 
-Two backends, after the two kinds of transformers processor:
+transformers 5 has two image processors for DINOv2, CLIP and SigLIP/SigLIP2, and
+`AutoImageProcessor` gives the torchvision one (BitImageProcessor, CLIPImageProcessor,
+SiglipImageProcessor, Siglip2ImageProcessor) whenever torchvision is installed, the PIL one
+(BitImageProcessorPil, ...) otherwise. Their pixels differ: at the hub configs, on photographs,
+about half the values by one or two uint8 levels, up to 3.5e-2 after normalisation (DINOv2),
+3.0e-2 (CLIP), 7.8e-3 (SigLIP2; tests/torchvision_reference.py's images). `for_family`'s
+`processor_backend` picks one, by AutoImageProcessor's name for it (its `backend=`): 'pil' or
+'torchvision'. The default is 'pil': it is bit-exact on every CPU, it is what transformers 4
+gave by default (the processors of the paper's time), and the workdirs and feature caches
+already computed, which key on these pixels, stay valid. To match the features of a
+transformers 5 pipeline on a machine with torchvision, set processor_backend='torchvision'.
+DINOv3 has only a torchvision processor, which rescales to float before it resizes: both
+values give it. timm checkpoints have one eval transform (`from_timm`).
+
+The backends (`Preprocess.backend`, which workdirs and feature caches key on):
 
 * 'pil' (BitImageProcessorPil for DINOv2, CLIPImageProcessorPil,
   SiglipImageProcessorPil, Siglip2ImageProcessorPil): PIL resize of the uint8
   image, center crop, rescale (in float64, then cast to float32), normalise in
   float32. Bit-exact with transformers: the PIL call is the same one.
+* 'torch_uint8' (BitImageProcessor, CLIPImageProcessor, SiglipImageProcessor,
+  Siglip2ImageProcessor: transformers' TorchvisionBackend): torchvision's
+  antialiased resize of the uint8 image, center crop, then the rescale fused
+  into the normalisation, (x - mean / rescale_factor) / (std / rescale_factor)
+  in float32. The resize is aten's uint8 kernel, a port of Pillow-SIMD that
+  differs from PIL: weights in double scaled to int16 at a precision set by the
+  largest weight, int32 sums rounded and clamped to uint8 after each pass,
+  width then height. Bit-exact wherever torchvision resizes the uint8 tensor
+  itself (integer sums, then a subtraction and a division: no multiply-add for
+  a vector kernel to fuse): bicubic on every CPU, bilinear on x86 CPUs with
+  AVX2 or AVX-512 and on aarch64 (torchvision 0.29; aten's AVX2 and portable
+  kernels compute the same integers). Elsewhere torchvision resizes a float32
+  copy and rounds it back, which moves some pixels by one level (1/255 before
+  normalisation): bilinear on an x86 CPU without AVX2 (or with
+  ATEN_CPU_CAPABILITY=default), and both modes when the processor runs on a
+  GPU (`device='cuda'`).
 * 'torch_aa' (DINOv3ViTImageProcessor, a torchvision processor): rescale to
   float32 first, then torch's antialiased bilinear/bicubic interpolate
   (what torchvision's resize calls for float tensors), center crop, normalise.
@@ -40,11 +70,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
 
 RESIZES = ('shortest_edge', 'square')
-BACKENDS = ('pil', 'torch_aa', 'torchvision')
+BACKENDS = ('pil', 'torch_uint8', 'torch_aa', 'torchvision')
+# transformers' names for its two kinds of image processor (AutoImageProcessor's `backend=`); see the module docstring.
+PROCESSOR_BACKENDS = ('pil', 'torchvision')
 # PIL's enum values, which are also what preprocessor_config.json stores as `resample`.
 PIL_RESAMPLE = {'nearest': 0, 'lanczos': 1, 'bilinear': 2, 'bicubic': 3, 'box': 4, 'hamming': 5}
 AA_RESAMPLE = {'bilinear': 2, 'bicubic': 4}  # modes torch antialiases -> taps without antialias.
 FAMILIES = ('dinov2', 'dinov3', 'clip', 'siglip')
+_BLOCK = 1 << 16  # values summed at a time by the resize kernels: their int32/float32 sums fit in L2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +85,8 @@ class Preprocess:
   """Resize, optional center crop, rescale and normalise, as one reference processor does it."""
   resize: str  # 'shortest_edge': the short side becomes `size`; 'square': the image becomes size x size.
   size: int
-  resample: str  # a key of PIL_RESAMPLE ('pil', 'torchvision') or of AA_RESAMPLE ('torch_aa').
-  backend: str  # 'pil' | 'torch_aa' | 'torchvision', see the module docstring.
+  resample: str  # a key of PIL_RESAMPLE ('pil', 'torchvision') or of AA_RESAMPLE ('torch_uint8', 'torch_aa').
+  backend: str  # one of BACKENDS, see the module docstring.
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   crop: int | None = None  # side of the center crop; None: no crop.
@@ -67,7 +100,7 @@ class Preprocess:
     if self.crop is not None:
       _set('crop', _positive_int(self.crop, 'Preprocess: crop'))
     _set('rescale_factor', float(self.rescale_factor))
-    valid = AA_RESAMPLE if self.backend == 'torch_aa' else PIL_RESAMPLE
+    valid = AA_RESAMPLE if self.backend in ('torch_uint8', 'torch_aa') else PIL_RESAMPLE
     checks = [
         (self.resize in RESIZES, f'resize={self.resize!r} is not one of {RESIZES}'),
         (self.backend in BACKENDS, f'backend={self.backend!r} is not one of {BACKENDS}'),
@@ -104,6 +137,7 @@ class Preprocess:
 
   def _one(self, image: np.ndarray) -> np.ndarray:
     height, width = self._resized_shape(*image.shape[:2])
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
     if self.backend in ('pil', 'torchvision'):
       # transformers always goes through PIL, even when the size does not change.
       pil = Image.fromarray(np.ascontiguousarray(image))
@@ -114,13 +148,22 @@ class Preprocess:
       # transformers' numpy `rescale` multiplies in float64 and only then casts; torchvision divides in float32.
       x = (image.astype(np.float64) * self.rescale_factor).astype(np.float32) if transformers else \
           image.astype(np.float32) / np.float32(255)
-    else:
+    elif self.backend == 'torch_uint8':
+      image = uint8_resize(image, height, width, self.resample)
+      if self.crop is not None:
+        image = _center_crop(image, self.crop, pad_before_rounds_up=False)
+      x = image.astype(np.float32)
+      if (self.mean, self.std) == ((0.0,) * 3, (1.0,) * 3):  # do_normalize=False (for_family): only the rescale
+        return x * np.float32(self.rescale_factor)
+      # transformers fuses the rescale into the normalisation: mean and std times 1 / rescale_factor, in float32.
+      mean, std = mean * np.float32(1 / self.rescale_factor), std * np.float32(1 / self.rescale_factor)
+    else:  # 'torch_aa'
       # torch multiplies the uint8 tensor by the Python float in float32.
       x = image.astype(np.float32) * np.float32(self.rescale_factor)
       x = antialias_resize(x, height, width, self.resample)
       if self.crop is not None:
         x = _center_crop(x, self.crop, pad_before_rounds_up=False)
-    return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+    return (x - mean) / std
 
   def _resized_shape(self, height: int, width: int) -> tuple[int, int]:
     if self.resize == 'square':
@@ -182,67 +225,103 @@ def _center_crop(x: np.ndarray, crop: int, pad_before_rounds_up: bool, round_off
 
 
 def _aa_filter(resample: str, x: np.ndarray) -> np.ndarray:
-  """aten's antialias filters (HelperInterpLinear/Cubic::aa_filter), in float32."""
+  """aten's antialias filters (HelperInterpLinear/Cubic::aa_filter), in x's precision (float32 or double)."""
+  t = x.dtype.type
   x = np.abs(x)
-  one = np.float32(1)
+  one = t(1)
   if resample == 'bilinear':
-    return np.where(x < one, one - x, np.float32(0))
-  a = np.float32(-0.5)  # PIL's and torch's antialias bicubic coefficient.
+    return np.where(x < one, one - x, t(0))
+  a = t(-0.5)  # PIL's and torch's antialias bicubic coefficient.
   near = ((a + 2) * x - (a + 3)) * x * x + one
   far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-  return np.where(x < one, near, np.where(x < 2, far, np.float32(0)))
+  return np.where(x < one, near, np.where(x < 2, far, t(0)))
 
 
-def _aa_weights(n_in: int, n_out: int, resample: str) -> tuple[np.ndarray, np.ndarray]:
+def _aa_weights(n_in: int, n_out: int, resample: str, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
   """Taps (n_out, K) and weights (n_out, K) of torch's antialiased interpolate along one axis.
 
-  Follows aten's `_compute_index_ranges_weights` / `_compute_weights_aa` for
-  float32 inputs, align_corners=False, step by step including which
-  intermediates are float32 and which double, so the weights match bit for bit.
+  Follows aten's `_compute_index_ranges_weights` (align_corners=False) step by
+  step, including which intermediates are of the weights' type and which double,
+  so the weights match bit for bit: float32 for float32 images, double for
+  uint8 images (`_uint8_weights`).
   """
+  t = np.dtype(dtype).type
   interp_size = AA_RESAMPLE[resample]
-  scale = np.float32(n_in) / np.float32(n_out)
+  scale = t(n_in) / t(n_out)
   downsampling = scale >= 1
-  support = np.float32(interp_size * 0.5 * float(scale) if downsampling else interp_size * 0.5)
+  support = t(interp_size * 0.5 * float(scale) if downsampling else interp_size * 0.5)
   n_taps = int(math.ceil(support)) * 2 + 1
-  invscale = float(np.float32(1.0 / float(scale))) if downsampling else 1.0
-  center = ((np.arange(n_out) + 0.5) * float(scale)).astype(np.float32)
+  invscale = float(t(1.0 / float(scale))) if downsampling else 1.0
+  center = ((np.arange(n_out) + 0.5) * float(scale)).astype(t)
   # C++ casts to int64 by truncation toward zero, as astype does.
   xmin = np.maximum(((center - support).astype(np.float64) + 0.5).astype(np.int64), 0)
   xmax = np.minimum(((center + support).astype(np.float64) + 0.5).astype(np.int64), n_in)
   xsize = np.clip(xmax - xmin, 0, n_taps)
   taps = xmin[:, None] + np.arange(n_taps)
-  dist = (taps.astype(np.float32) - center[:, None]).astype(np.float64) + 0.5
-  w = _aa_filter(resample, (dist * invscale).astype(np.float32))
-  w = np.where(np.arange(n_taps) < xsize[:, None], w, np.float32(0))
-  total = np.zeros(n_out, np.float32)
-  for k in range(n_taps):  # the kernel sums sequentially in float32.
+  dist = (taps.astype(t) - center[:, None]).astype(np.float64) + 0.5
+  w = _aa_filter(resample, (dist * invscale).astype(t))
+  w = np.where(np.arange(n_taps) < xsize[:, None], w, t(0))
+  total = np.zeros(n_out, t)
+  for k in range(n_taps):  # the kernel sums sequentially.
     total += w[:, k]
   w = np.where(total[:, None] != 0, w / np.where(total == 0, 1, total)[:, None], w)
   return np.minimum(taps, n_in - 1), w
 
 
-def _aa_resize_axis(x: np.ndarray, n_out: int, axis: int, resample: str) -> np.ndarray:
-  taps, w = _aa_weights(x.shape[axis], n_out, resample)
-  x = np.moveaxis(x, axis, 0)
-  shape = (n_out,) + (1,) * (x.ndim - 1)
-  out = x[taps[:, 0]] * w[:, 0].reshape(shape)
-  for k in range(1, w.shape[1]):  # in the kernel's tap order; zero weights past a row's taps add nothing.
-    out += x[taps[:, k]] * w[:, k].reshape(shape)
-  return np.moveaxis(out, 0, axis)
+def _uint8_weights(n_in: int, n_out: int, resample: str) -> tuple[np.ndarray, np.ndarray, int]:
+  """Taps (n_out, K), int16 weights (n_out, K, as int32) and their precision in bits, of torch's antialiased
+  interpolate of uint8 images along one axis (aten's `_compute_index_ranges_int16_weights`).
+
+  The double weights become round(w * 2**precision), halves away from zero, at the largest precision
+  (at most 22) at which the largest weight still rounds below 2**15.
+  """
+  taps, w = _aa_weights(n_in, n_out, resample, np.float64)
+  largest = w.max()
+  precision = next((p for p in range(22) if int(0.5 + largest * (1 << (p + 1))) >= 1 << 15), 22)
+  scaled = w * (1 << precision)
+  return taps, np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32), precision
+
+
+def _tap_sums(x: np.ndarray, taps: np.ndarray, weights: np.ndarray, out: np.ndarray) -> np.ndarray:
+  """out += sum_k x[taps[:, k]] * weights[:, k] over axis 0 of x, added in the kernels' tap order (a row's
+  zero weights past its taps add nothing), a block of output rows at a time so that the sums stay in cache."""
+  rows = max(1, _BLOCK // x[0].size)
+  shape = (-1,) + (1,) * (x.ndim - 1)
+  for start in range(0, len(out), rows):
+    block, stop = out[start:start + rows], start + rows
+    for k in range(weights.shape[1]):
+      block += x[taps[start:stop, k]] * weights[start:stop, k].reshape(shape)
+  return out
+
+
+def _separable(image: np.ndarray, height: int, width: int, resize_rows) -> np.ndarray:
+  """aten's separable resize of an (H, W, C) image: width first, then height, skipping an axis whose size does
+  not change (the order matters for rounding). resize_rows(x, n) resamples axis 0 of a contiguous x to n."""
+  if image.shape[1] != width:
+    image = resize_rows(np.ascontiguousarray(image.transpose(1, 2, 0)), width).transpose(2, 0, 1)
+  if image.shape[0] != height:
+    image = resize_rows(np.ascontiguousarray(image), height)
+  return image
 
 
 def antialias_resize(x: np.ndarray, height: int, width: int, resample: str) -> np.ndarray:
-  """torch.nn.functional.interpolate(antialias=True, align_corners=False) of a float32 (H, W, C) array.
+  """torch.nn.functional.interpolate(antialias=True, align_corners=False) of a float32 (H, W, C) array."""
+  def resize_rows(rows, n):
+    taps, w = _aa_weights(len(rows), n, resample)
+    return _tap_sums(rows, taps, w, np.zeros((n,) + rows.shape[1:], np.float32))
+  return _separable(x, height, width, resize_rows)
 
-  aten resamples the contiguous (width) axis first, then height, and skips an
-  axis whose size does not change; the order matters for rounding.
-  """
-  if x.shape[1] != width:
-    x = _aa_resize_axis(x, width, 1, resample)
-  if x.shape[0] != height:
-    x = _aa_resize_axis(x, height, 0, resample)
-  return x
+
+def uint8_resize(image: np.ndarray, height: int, width: int, resample: str) -> np.ndarray:
+  """torchvision's resize(antialias=True) of a uint8 (H, W, C) image where it stays uint8 (module docstring):
+  aten's uint8 kernels, sums of pixel x int16 weight in int32 from 2**(precision - 1), shifted right by the
+  precision and clamped to uint8 after each pass. Integer sums do not depend on their order, so AVX2's and
+  the portable kernel agree."""
+  def resize_rows(rows, n):
+    taps, k, precision = _uint8_weights(len(rows), n, resample)
+    sums = _tap_sums(rows, taps, k, np.full((n,) + rows.shape[1:], 1 << (precision - 1), np.int32))
+    return np.clip(sums >> precision, 0, 255).astype(np.uint8)
+  return _separable(image, height, width, resize_rows)
 
 
 # Class attributes of the transformers processors. As in transformers, a key a
@@ -285,7 +364,8 @@ HUB_CONFIGS = {
 }
 
 
-def for_family(family: str, image_size: int, processor_config: dict | None = None) -> Preprocess:
+def for_family(family: str, image_size: int, processor_config: dict | None = None,
+               processor_backend: str = 'pil') -> Preprocess:
   """The preprocessing of a family's reference processor, with image_size x image_size outputs.
 
   family: 'dinov2' | 'dinov3' | 'clip' | 'siglip'. processor_config: the parsed
@@ -293,6 +373,10 @@ def for_family(family: str, image_size: int, processor_config: dict | None = Non
   (Bit/CLIP/Siglip/Siglip2/DINOv3ViT, with or without a Fast or Pil suffix)
   picks the processor class, else the family does, and its values win over the
   class defaults, key by key, as in transformers. None: HUB_CONFIGS[family].
+  processor_backend: which of transformers' two processors of that class, by
+  AutoImageProcessor's name for it: 'pil' (the default) or 'torchvision' (see
+  the module docstring). The type's suffix does not choose it, as it does not
+  in transformers 5.
 
   Other sizes: when image_size differs from the processor's native output
   (crop_size if it crops, else size), resize and crop are scaled together: the
@@ -308,6 +392,7 @@ def for_family(family: str, image_size: int, processor_config: dict | None = Non
   """
   if family not in FAMILIES:
     raise ValueError(f'for_family: unknown family {family!r}, expected one of {FAMILIES}')
+  check_processor_backend(processor_backend)
   image_size = _positive_int(image_size, 'for_family: image_size')
   config = HUB_CONFIGS[family] if processor_config is None else processor_config
   if not isinstance(config, dict):
@@ -349,11 +434,19 @@ def for_family(family: str, image_size: int, processor_config: dict | None = Non
     if image_size != native:
       size = math.floor(size * image_size / native + 0.5)
       crop = None if crop is None else image_size
+  backend = _CLASS_DEFAULTS[kind]['backend']
+  if processor_backend == 'torchvision' and backend == 'pil':
+    backend = 'torch_uint8'  # the class's torchvision processor: the same steps on a uint8 tensor
   try:
-    return Preprocess(resize=resize, size=size, crop=crop, resample=resample, backend=c['backend'],
+    return Preprocess(resize=resize, size=size, crop=crop, resample=resample, backend=backend,
                       mean=mean, std=std, rescale_factor=rescale_factor)
   except ValueError as e:  # e.g. a resample torch cannot antialias: say which config it came from.
     raise ValueError(f'processor_config ({kind}): {e}') from e
+
+
+def check_processor_backend(processor_backend: str) -> None:
+  if processor_backend not in PROCESSOR_BACKENDS:
+    raise ValueError(f'processor_backend={processor_backend!r} is not one of {PROCESSOR_BACKENDS}')
 
 
 def _parse_size(size, default_to_square, name) -> tuple[str, int]:

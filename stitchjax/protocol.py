@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from stitchjax import data as data_lib
 from stitchjax import distributed, export, features, metrics, objectives, tasks, train, workdir
-from stitchjax.backbone import Backbone, load_backbone
-from stitchjax.cells import as_list, expand, pairs, typed_list, validate
+from stitchjax.backbone import Backbone, configured_processor_backend, load_backbone
+from stitchjax.cells import all_layers, as_list, expand, pairs, validate
 from stitchjax.model import stitch as stitch_model
 from stitchjax.records import FIELDS, Cell
 from stitchjax.sweep import Sweep
@@ -35,7 +35,7 @@ from stitchjax.sweep import Sweep
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What the cells are run with beyond the data, the backbones and the sweep."""
-  layers: tuple[int, ...]
+  layers: tuple[int, ...] | None  # every route's stitch layers; None until the scout has chosen them (layers='scout:K')
   batch_sizes: dict  # method -> training batch size, with a 'default'
   eval_batch_size: int  # validation and test passes need no gradients: larger batches
   feature_batch_size: int
@@ -48,7 +48,7 @@ class Settings:
   @classmethod
   def from_config(cls, config) -> 'Settings':
     sizes = dict(config.train.batch_size)
-    return cls(tuple(typed_list(config, 'layers', int)), sizes, int(config.get('eval_batch_size') or sizes['default']),
+    return cls(all_layers(config), sizes, int(config.get('eval_batch_size') or sizes['default']),
                int(config.feature_batch_size), int(config.seed), int(config.lora_rank), config.dtype,
                bool(config.get('remat', False)), tuple(as_list(config.get('export', ''))))
 
@@ -81,6 +81,8 @@ class Runner:
             **self.task.identity()}
 
   def feats(self, name: str, split: str) -> dict:
+    if self.settings.layers is None:
+      raise RuntimeError("config.layers='scout:K': run the scout before the protocol (jobs/stitch.py does)")
     bb = self.backbones[name]
     return self.cache.tokens(bb, name, self.data.splits[split], split, layers=self.settings.layers, final=True,
                              pooled=bb.config.pool != 'none', batch_size=self.settings.feature_batch_size)
@@ -224,6 +226,7 @@ class Runner:
     for role, name in (('source', cell.source), ('target', cell.target)):
       path, image_size = self.paths[name]
       sources[role] = {'path': path, 'image_size': image_size,
+                       'processor_backend': self.backbones[name].processor_backend,
                        'digest': self.cache.backbone_digest(self.backbones[name])}
     if distributed.is_main():
       export.save_stitched(self.workdir / 'exports' / cell.id, spec, params, self.data.classes, sources, self.task)
@@ -243,7 +246,9 @@ def load_data(config, root: pathlib.Path) -> tuple[data_lib.Dataset, dict]:
 def load_backbones(config, names, task) -> tuple[dict[str, Backbone], dict]:
   """The named config.backbones, as the task sees them, and their configured (path, image_size)."""
   paths = {name: (str(config.backbones[name].path), config.backbones[name].get('image_size')) for name in names}
-  backbones = {name: task.backbone(load_backbone(path, image_size=size, dtype=jnp.dtype(config.dtype)))
+  backends = {name: configured_processor_backend(name, config.backbones[name]) for name in names}
+  backbones = {name: task.backbone(load_backbone(path, image_size=size, dtype=jnp.dtype(config.dtype),
+                                                 processor_backend=backends[name]))
                for name, (path, size) in paths.items()}
   return backbones, paths
 

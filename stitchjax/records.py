@@ -4,10 +4,13 @@
      'split': 'test', 'metric': 'accuracy', 'value': 0.83, 'n': 4000, 'lr': 0.001}
 
 A probe (`lp`) has target = source and layer = stitch_layer = None. Extra fields (n, lr, stitch_lr,
-error) follow the eight of FIELDS. report.py, analysis.py and tree.py read records with these filters
-and write tables with `table`.
+error) follow the eight of FIELDS. report.py, analysis.py, agreement.py and tree.py read records with
+these filters and write tables with `table`; `load_predictions` reads the test predictions cells saved.
 """
 import dataclasses
+import pathlib
+
+import numpy as np
 
 FIELDS = ('source', 'target', 'layer', 'method', 'stitch_layer', 'split', 'metric', 'value')
 PAIR_ARROW = '→'
@@ -79,3 +82,31 @@ def table(header: list[str], rows: list[list], title: str | None = None) -> str:
   lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows]
   return '\n'.join(lines) + '\n'
+
+
+# Saved predictions.
+def load_predictions(workdir: pathlib.Path, records) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+  """(test labels, {Cell.id: test predictions}) of every cell with a test accuracy, each checked against
+  that accuracy: a labels or predictions file from another run would give plausible but wrong counts.
+  Labels are needed only where there are accuracies (a segmentation workdir has none)."""
+  scored = [r for r in records if (r['split'], r['metric']) == ('test', 'accuracy')]
+  if not scored:
+    return None, {}
+  labels_path = workdir / 'test_labels.npy'
+  if not labels_path.exists():
+    raise FileNotFoundError(f'{labels_path} is missing: run the stitch job on this workdir once to save it '
+                            '(finished cells are not recomputed)')
+  labels = np.load(labels_path)
+  out = {}
+  for r in scored:
+    cell = Cell.of(r)
+    path = workdir / 'cells' / cell.id / 'test_predictions.npy'
+    if not path.exists():
+      raise FileNotFoundError(f'{path} is missing: results.json records a test accuracy for cell {cell.id}, '
+                              'but its test predictions were not saved')
+    pred = np.load(path)
+    if pred.shape != labels.shape or abs(float(np.mean(pred == labels)) - r['value']) > 1e-6:
+      raise ValueError(f'{path} (shape {pred.shape}) and {labels_path} (shape {labels.shape}) do not give the '
+                       f'test accuracy {r["value"]} that results.json records for cell {cell.id}')
+    out[cell.id] = pred
+  return labels, out

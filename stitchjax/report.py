@@ -6,7 +6,7 @@ finished workdir: `python -c "import stitchjax.report as r; r.write('workdir')"`
 import json
 import pathlib
 
-from stitchjax import atomic
+from stitchjax import agreement, atomic, scouting
 from stitchjax import records as rec
 
 
@@ -96,20 +96,123 @@ def plot(records, path: pathlib.Path, stitch_layer: str) -> None:
 
 def write(workdir, context: str | None = None) -> str:
   """Writes tables.md, accuracy_<stitch layer>.png and report.md (opening with `context`, a paragraph on
-  the setup, when given) from workdir/results.json; returns the one-screen summary."""
+  the setup, when given) from workdir/results.json, and the scout's tables, scout.png and its section of
+  report.md from workdir/scout.json (with scout_validation.json where there is one); returns the
+  one-screen summary."""
   workdir = pathlib.Path(workdir)
-  records = json.loads((workdir / 'results.json').read_text())
-  kinds = list(dict.fromkeys(r['stitch_layer'] for r in records if r['stitch_layer']))
-  parts = []
-  for kind in kinds:
-    parts += [table1(records, kind), table2(records, kind), table4(records, kind), distances_table(records, kind)]
-    plot(records, workdir / f'accuracy_{kind}.png', kind)
-  if not kinds:
-    parts.append(table2(records, 'none'))
+  parts, report, summary = [], [], []
+  if (workdir / 'results.json').exists():
+    records = json.loads((workdir / 'results.json').read_text())
+    kinds = list(dict.fromkeys(r['stitch_layer'] for r in records if r['stitch_layer']))
+    for kind in kinds:
+      parts += [table1(records, kind), table2(records, kind), table4(records, kind), distances_table(records, kind)]
+      plot(records, workdir / f'accuracy_{kind}.png', kind)
+    if not kinds:
+      parts.append(table2(records, 'none'))
+    if kinds:
+      report.append(findings(records, kinds[0], context))
+    summary.append('\n'.join(summary_table(records, kind) for kind in kinds) or parts[0])
+  if (workdir / 'scout.json').exists():
+    saved = json.loads((workdir / 'scout.json').read_text())
+    path = workdir / 'scout_validation.json'
+    validation = json.loads(path.read_text()) if path.exists() else None
+    parts.append(scout_tables(saved, validation))
+    scout_plot(saved, validation, workdir / 'scout.png')
+    report.append(scout_findings(saved, validation, context if not report else None))
+    summary.append(recommended_table(saved))
+  if not parts:
+    raise FileNotFoundError(f'{workdir} holds neither results.json nor scout.json: nothing to report')
   atomic.write_text(workdir / 'tables.md', '\n'.join(parts))
-  if kinds:
-    atomic.write_text(workdir / 'report.md', findings(records, kinds[0], context))
-  return '\n'.join(summary_table(records, kind) for kind in kinds) or parts[0]
+  if report:
+    atomic.write_text(workdir / 'report.md', '\n'.join(report))
+  return '\n'.join(summary)
+
+
+# The scout (stitchjax/scouting.py) and its agreement with the protocol (stitchjax/agreement.py).
+
+def _proxy_values(records, proxy: str) -> dict:
+  return {(r['source'], r['target'], r['layer']): r['value'] for r in records if r['metric'] == proxy}
+
+
+def scout_tables(saved: dict, validation: dict | None) -> str:
+  """Every proxy per route and layer, the recommended layers and, with a validation, its tables."""
+  records = saved['records']
+  layers = rec.layers(records)
+  rows = []
+  for proxy in scouting.PROXIES:
+    values = _proxy_values(records, proxy)
+    rows += [[proxy, f'{s}{rec.PAIR_ARROW}{t}'] + [f'{values[(s, t, l)]:.3g}' if (s, t, l) in values else '–'
+                                                    for l in layers] for s, t in rec.routes(records)]
+  parts = [rec.table(['proxy', 'route'] + [f'L{l}' for l in layers], rows,
+                     'The scout: closed-form proxies per stitch layer (validation split; CKA on the training '
+                     f'subsample of {saved["subsample"]} images)'), recommended_table(saved)]
+  if validation is not None:
+    parts.append(agreement.tables(validation))
+  return '\n'.join(parts)
+
+
+def recommended_table(saved: dict) -> str:
+  values = _proxy_values(saved['records'], saved['rank_by'])
+  rows = [[route.replace(':', rec.PAIR_ARROW), ', '.join(f'L{l} ({values[(*route.split(":"), l)]:.3g})' for l in layers)]
+          for route, layers in saved['recommended'].items()]
+  return rec.table(['route', f'recommended layers ({saved["rank_by"]}): a pair\'s best first, a self-stitch at its '
+                              'pairs\' layers'], rows,
+                   'The scout\'s recommendation: run `--config.layers=scout:K` to stitch each pair at its K best')
+
+
+def scout_findings(saved: dict, validation: dict | None, context: str | None) -> str:
+  """report.md's section on the scout: its recommendation and, with a validation, how far to trust it."""
+  lines = ['# Where to stitch: the scout', '']
+  if context:
+    lines += [context, '']
+  lines += [f'Closed-form proxies at every layer of every route, fitted on {saved["subsample"]} training images '
+            f'and scored on the validation split (docs/scout.md). Ranked by `{saved["rank_by"]}`:', '']
+  lines += [f'- {route.replace(":", rec.PAIR_ARROW)}: ' + ', '.join(f'L{l}' for l in layers)
+            for route, layers in saved['recommended'].items()]
+  if validation is None:
+    lines += ['', 'Not validated here: the workdir holds no protocol results at the scouted layers. Until it does, '
+              'the ranking is a hypothesis (docs/scout.md says what each proxy has been found worth).']
+    return '\n'.join(lines) + '\n'
+  proxies = validation['proxies']
+  best = agreement.best_proxy(validation)
+  pooled, top = proxies[best]['pooled'], proxies[best]['top1'].values()
+  lo, hi = pooled['rho_ci']
+  lines += ['', f'## Against the protocol ({validation["method"]}, {validation["cells"]} cells)', '',
+            f'- The best proxy by pooled Spearman ρ is `{best}`: ρ = {pooled["rho"]:.2f} (95% CI {lo:.2f} to '
+            f'{hi:.2f}); the target ρ ≥ 0.8 is {"met" if pooled["rho"] >= 0.8 else "not met"}.',
+            f'- Its top-1 layer is within one standard error of the best layer on {sum(t["within_se"] for t in top)} '
+            f'of {len(top)} routes.',
+            f'- `{saved["rank_by"]}`, the ranking used: ρ = {proxies[saved["rank_by"]]["pooled"]["rho"]:.2f}; '
+            f'ranking the shallower stitch first, with no measurement, gives ρ = '
+            f'{proxies[agreement.DEPTH]["pooled"]["rho"]:.2f}.', '',
+            'The intervals resample both the test examples and the cells; with few layers per route the within-route '
+            'intervals are wide (tables.md).']
+  return '\n'.join(lines) + '\n'
+
+
+def scout_plot(saved: dict, validation: dict | None, path: pathlib.Path) -> None:
+  """Each proxy against the layer, a line per route; with a validation, the protocol's test metric beside."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  records = saved['records']
+  panels = list(scouting.PROXIES) + (['protocol'] if validation is not None else [])
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    if panel == 'protocol':
+      values = {tuple(k.split(':')[:2]) + (int(k.split(':')[2]),): v for k, v in validation['metric_values'].items()}
+      title = f'test {rec.METRIC_NAMES[validation["metric"]]} ({validation["method"]})'
+    else:
+      values, title = _proxy_values(records, panel), panel
+    for s, t in rec.routes(records):
+      pts = sorted((l, v) for (a, b, l), v in values.items() if (a, b) == (s, t))
+      if pts:
+        ax.plot(*zip(*pts), '-o' if s != t else ':x', ms=3, label=f'{s}{rec.PAIR_ARROW}{t}')
+    ax.set(title=title, xlabel='stitch layer')
+  axes[0][0].legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def summary_table(records, stitch_layer: str) -> str:

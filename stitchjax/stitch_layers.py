@@ -51,8 +51,13 @@ class StitchSpec:
 
   @property
   def learned_registers(self) -> int:
-    t, s = self.target.num_registers, self.source.num_registers
-    return t if t and t != s else 0
+    return num_learned_registers(self.source, self.target)
+
+
+def num_learned_registers(source: vit.ViTConfig, target: vit.ViTConfig) -> int:
+  """The target registers a stitch learns: all of them, unless the source has exactly as many to map."""
+  t, s = target.num_registers, source.num_registers
+  return t if t and t != s else 0
 
 
 class LoRABlock(nn.Module):

@@ -62,7 +62,7 @@ class Placement:
     """A global batch (every host holds the same rows) -> arrays sharded over the 'data' axis."""
     if self.mesh is None:
       return batch
-    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
+    sharding = self._sharding('data')
     if jax.process_count() == 1:
       return jax.device_put(batch, sharding)
     # Multi-host: each process contributes its contiguous slice of the (identically ordered) batch.
@@ -75,7 +75,21 @@ class Placement:
     """Parameters on the devices, placed once: a step then always sees them placed the same way."""
     if self.mesh is None:
       return jax.device_put(tree)
-    return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+    return jax.device_put(tree, self._sharding())
+
+  # What `batch` and `replicate` would return, as shapes: what a program compiled ahead of its data takes.
+  def abstract_batch(self, tree):
+    return self._abstract(tree, self._sharding('data'))
+
+  def abstract_replicated(self, tree):
+    return self._abstract(tree, self._sharding())
+
+  def _sharding(self, *spec):
+    return None if self.mesh is None else jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
+
+  @staticmethod
+  def _abstract(tree, sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 @flax.struct.dataclass
@@ -126,6 +140,16 @@ def make_step(loss_fn: Callable):
     updates, opt_state = _adamw(hyper).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
   return step
+
+
+def compile_step(loss_fn: Callable, params, frozen, batch, placement: Placement) -> None:
+  """Compiles fit's step without running it, for params and a batch given as arrays or shapes
+  (jax.ShapeDtypeStruct) and frozen as fit gets it. jax keeps the executable where the step's first call
+  looks, so a thread can compile it while the data it will train on is computed."""
+  params = placement.abstract_replicated(params)
+  opt_state = placement.abstract_replicated(jax.eval_shape(_adamw(hyperparameters(1.0, 0.0)).init, params))
+  _step(loss_fn).lower(params, opt_state, placement.replicate(frozen), placement.abstract_batch(batch),
+                       hyperparameters(1.0, 0.0)).compile()
 
 
 def by_value(fn: Callable) -> tuple:

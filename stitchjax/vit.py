@@ -361,6 +361,25 @@ def blocks(cfg: ViTConfig, params, tokens, start: int, stop: int):
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def trajectory(cfg: ViTConfig, params, images):
+  """Every block's output in one pass: images (B,H,W,3) -> (depth, B, T, D), [i] the tokens after block i+1."""
+  def step(x, p):
+    x = Block(cfg).apply({'params': p}, x)
+    return x, x
+  return jax.lax.scan(step, embed(cfg, params, images), params['blocks'])[1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def suffix(cfg: ViTConfig, params, tokens, start):
+  """Blocks [start, depth) on tokens (B,T,D) with `start` traced: one program for every start, where
+  `blocks` compiles one per span. Each block runs under a cond, so the blocks before `start` cost nothing."""
+  def step(x, block):
+    p, i = block
+    return jax.lax.cond(i >= start, lambda x: Block(cfg).apply({'params': p}, x), lambda x: x, x), None
+  return jax.lax.scan(step, tokens.astype(cfg.compute_dtype), (params['blocks'], jnp.arange(cfg.depth)))[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def final(cfg: ViTConfig, params, tokens):
   """The model's final norm on all tokens (CLIP: post_layernorm); the tokens as they are without one."""
   if not cfg.final_norm:

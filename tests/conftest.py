@@ -28,10 +28,11 @@ def _fresh_compilation_caches():
   jax.clear_caches()
 
 
-# The longest modules first (--durations on 2 cores), so that pytest-xdist's two workers, which take a
-# module at a time in this order, finish together instead of one starting the demo as the other ends.
-LONGEST_FIRST = ('test_demo.py', 'test_distributed.py', 'test_faults.py', 'test_pretrain.py', 'test_segmentation.py',
-                 'test_train.py', 'test_tree.py', 'test_model.py', 'test_protocol.py')
+# The longest modules first (--durations on 2 cores, 2026-12-05), so that pytest-xdist's two workers, which take
+# a module at a time in this order, finish together instead of one starting a long module as the other ends.
+LONGEST_FIRST = ('test_demo.py', 'test_distributed.py', 'test_vit.py', 'test_convert_timm.py', 'test_model.py',
+                 'test_faults.py', 'test_tree.py', 'test_pretrain.py', 'test_segmentation.py', 'test_stitch_layers.py',
+                 'test_protocol.py', 'test_train.py', 'test_metrics.py', 'test_scouting.py')
 
 
 def pytest_collection_modifyitems(items):

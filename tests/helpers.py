@@ -32,6 +32,10 @@ CASES = {
     'dinov3_gated': lambda: T.DINOv3ViTModel(T.DINOv3ViTConfig(
         **_COMMON, intermediate_size=40, image_size=48, patch_size=16, num_register_tokens=2, use_gated_mlp=True,
         hidden_act='silu', key_bias=True, rope_theta=50.0)),
+    # No registers: transformers saves an empty (1, 0, D) register_tokens. Two blocks: fewer spans to compile.
+    'dinov3_noreg': lambda: T.DINOv3ViTModel(T.DINOv3ViTConfig(**(_COMMON | dict(num_hidden_layers=2)),
+                                                                intermediate_size=48, image_size=48, patch_size=16,
+                                                                num_register_tokens=0)),
     'clip': lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**_COMMON, intermediate_size=48, image_size=64, patch_size=16)),
     'clip_full': lambda: T.CLIPModel(T.CLIPConfig(
         vision_config=dict(**_COMMON, intermediate_size=48, image_size=48, patch_size=16, hidden_act='gelu'),

@@ -143,7 +143,18 @@ def test_corrupt_export_is_refused_and_cli_reports_it(hf_dir, tmp_path):
   assert not (tmp_path / 'again').exists()
 
 
-@pytest.mark.parametrize('name', ['dinov2', 'siglip', 'siglip_nohead'])
+def test_dinov3_register_tokens_that_config_json_has_no_place_for_are_refused(tmp_path):
+  """No registers: the empty (1, 0, D) parameter transformers writes loads (test_vit checks the model), tokens
+  in it do not."""
+  H.build('dinov3_noreg', tmp_path)
+  assert load_backbone(tmp_path).config.num_prefix_tokens == 1
+  _edit_weights(tmp_path, lambda a: a.update({'embeddings.register_tokens': np.ones((1, 2, 32), np.float32)}))
+  with pytest.raises(CheckpointError, match=r"key 'embeddings.register_tokens' has shape \(1, 2, 32\), but config.json "
+                                            r"has num_register_tokens=0; refusing to load part of the checkpoint"):
+    load_backbone(tmp_path)
+
+
+@pytest.mark.parametrize('name', ['dinov2', 'siglip', 'siglip_nohead', 'dinov3_noreg'])
 def test_written_transformers_directory_is_the_reference_state_dict(name, tmp_path):
   """hf.save inverts the converter: a checkpoint read in and written out is transformers' own state dict
   (the masked-image token, unused by the forward, is written as zeros), and transformers loads it."""

@@ -109,6 +109,24 @@ def test_ffm_tlt_is_ffm_then_tlt_and_a_killed_fit_resumes(backbones, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed, stitchjax.fit(model, init, train, loss='tlt', epochs=4, **kw))
 
 
+@pytest.mark.parametrize('ahead', [True, False])
+def test_fit_compiles_each_program_once(backbones, caplog, monkeypatch, ahead):
+  """ffm_tlt's steps and validation programs compile once, at their first call or, as on accelerators,
+  on a thread while the tokens compute (a batch size per case that no other test uses: cold caches)."""
+  monkeypatch.setattr(objectives, 'compile_ahead', lambda: ahead)
+  model = stitchjax.stitch(backbones['siglip'], backbones['dinov2'], layer=2, kind='mlp', num_classes=3)
+  jax.config.update('jax_log_compiles', True)  # jax.log_compiles() would hold for this thread only
+  try:
+    with caplog.at_level('WARNING'):
+      stitchjax.fit(model, model.init(jax.random.key(0)), _data(12, 3), loss='ffm_tlt', epochs=2,
+                    batch_size=6 if ahead else 4)
+  finally:
+    jax.config.update('jax_log_compiles', False)
+  compiled = [r.getMessage().split()[4] for r in caplog.records if r.getMessage().startswith('Finished XLA compilation')]
+  assert {name: compiled.count(name) for name in ('jit(step)', 'jit(ffm_loss)', 'jit(predictions)')} == {
+      'jit(step)': 2, 'jit(ffm_loss)': 1, 'jit(predictions)': 1}, compiled
+
+
 def test_fit_names_what_is_wrong(backbones):
   model = stitchjax.stitch(backbones['dinov2'], backbones['siglip'], layer=1, kind='linear')
   params = model.init(jax.random.key(0))

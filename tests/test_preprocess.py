@@ -1,20 +1,27 @@
-"""stitchjax.preprocess against the transformers processors it reproduces."""
+"""stitchjax.preprocess against the transformers processors it reproduces: the PIL ones live, the
+torchvision ones through what tests/torchvision_reference.py recorded (and live where torchvision imports),
+and the backbone field that chooses between them."""
 import dataclasses
 import inspect
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
 
+import ml_collections
 import numpy as np
 import pytest
+import transformers
 from PIL import Image
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
+import helpers as H
+import torchvision_reference as TV
 from stitchjax import preprocess as pp
 
 # Non-square both ways, odd sizes, an odd crop offset (300x452 -> 256x385), smaller and larger than the targets.
@@ -262,3 +269,142 @@ def test_from_timm_names_what_it_cannot_reproduce(config, match):
     pp.from_timm(config, 28)
   assert pp.from_timm({}, 28) == pp.Preprocess('shortest_edge', 32, 'bicubic', 'torchvision', pp.IMAGENET_MEAN,
                                                pp.IMAGENET_STD, crop=28)  # timm's defaults: crop_pct 0.875
+
+
+# transformers' torchvision processors, recorded by tests/torchvision_reference.py.
+TV_DATA = pathlib.Path(__file__).parent / 'data' / 'torchvision'
+
+
+def check_torchvision_processor(root: pathlib.Path, case: str) -> None:
+  """Our 'torchvision' pixels of a case's images equal the processor's, levels[uint8, channel], bit for bit."""
+  family, size, config, images = TV.PROCESSORS[case]
+  pre = pp.for_family(family, size, config, 'torchvision')
+  levels = np.load(root / 'levels.npz')[case]
+  for name in images:
+    ref = levels[TV.read(root / 'processors', f'{case}__{name}'), np.arange(3)]
+    np.testing.assert_array_equal(pre([TV.read(root / 'inputs', name)])[0], ref, err_msg=f'{case} on {name}')
+
+
+def check_torchvision_resize(root: pathlib.Path, mode: str) -> None:
+  for name, (h, w) in TV.RESIZES:
+    ref = TV.read(root / 'resize', f'{mode}__{name}__{h}x{w}')
+    np.testing.assert_array_equal(pp.uint8_resize(TV.read(root / 'inputs', name), h, w, mode), ref,
+                                  err_msg=f'{mode} {name} -> {h}x{w}')
+
+
+@pytest.mark.parametrize('case', TV.PROCESSORS)
+def test_torchvision_processors_bit_exact(case):
+  check_torchvision_processor(TV_DATA, case)
+
+
+@pytest.mark.parametrize('mode', TV.MODES)
+def test_uint8_resize_is_torchvisions(mode):
+  check_torchvision_resize(TV_DATA, mode)
+
+
+@pytest.mark.parametrize('case', TV.PROCESSORS)
+def test_pil_processors_bit_exact_on_the_same_images(case):
+  """The same photographs and odd shapes through transformers' PIL processors, live, and the two differ."""
+  family, size, config, images = TV.PROCESSORS[case]
+  processor = getattr(transformers, TV.processor_class(family, config) + 'Pil')(**TV.processor_arguments(config))
+  pil, torchvision = pp.for_family(family, size, config), pp.for_family(family, size, config, 'torchvision')
+  inputs = [TV.read(TV_DATA / 'inputs', name) for name in images]
+  for name, image, ours in zip(images, inputs, pil(inputs)):
+    np.testing.assert_array_equal(ours, TV.pixels(processor, image, size), err_msg=f'{case} on {name}')
+  assert not np.array_equal(pil(inputs), torchvision(inputs))
+
+
+def test_torchvision_live_gives_what_the_recorded_references_say(tmp_path):
+  """Where torchvision imports and resizes uint8 images itself: the references written now are the committed
+  ones and ours, and DINOv3's processor (no PIL one exists) is the 'torch_aa' backend's, both choices."""
+  pytest.importorskip('torchvision')
+  if not TV.resizes_uint8_itself():
+    pytest.skip('torchvision resizes float copies of uint8 images on this CPU (stitchjax/preprocess.py)')
+  TV.write(tmp_path)
+  for path in sorted(TV_DATA.rglob('*.png')):
+    np.testing.assert_array_equal(TV.read(tmp_path / path.parent.relative_to(TV_DATA), path.stem),
+                                  TV.read(path.parent, path.stem), err_msg=str(path))
+  for case in TV.PROCESSORS:
+    check_torchvision_processor(tmp_path, case)
+  for mode in TV.MODES:
+    check_torchvision_resize(tmp_path, mode)
+  processor = transformers.DINOv3ViTImageProcessor(**{k: v for k, v in DINOV3_JSON.items() if v is not None})
+  inputs = [TV.read(TV_DATA / 'inputs', name) for name in TV.ODD]
+  ref = np.stack([TV.pixels(processor, image, 224) for image in inputs])
+  for backend in pp.PROCESSOR_BACKENDS:
+    # torch's AVX2/AVX-512 kernels fuse some multiply-adds (FMA), ours do not: ~1e-6 apart.
+    np.testing.assert_allclose(pp.for_family('dinov3', 224, DINOV3_JSON, backend)(inputs), ref, rtol=0, atol=1e-5)
+
+
+def test_the_torchvision_backend_round_trips_and_names_what_it_cannot_do():
+  pre = pp.for_family('siglip', 384, processor_backend='torchvision')
+  assert (pre.backend, pre.resample) == ('torch_uint8', 'bilinear')
+  assert pp.Preprocess.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+  assert pp.for_family('dinov3', 224, processor_backend='torchvision') == pp.for_family('dinov3', 224)
+  with pytest.raises(ValueError, match=r"processor_backend='fast' is not one of \('pil', 'torchvision'\)"):
+    pp.for_family('clip', 224, processor_backend='fast')
+  with pytest.raises(ValueError, match=r"processor_config \(CLIPImageProcessor\): .*resample='lanczos' is not one of "
+                                       r"\('bilinear', 'bicubic'\) for backend='torch_uint8'"):
+    pp.for_family('clip', 224, {'resample': 1}, 'torchvision')
+
+
+@pytest.fixture(scope='module')
+def tiny_pair(tmp_path_factory):
+  root = tmp_path_factory.mktemp('pair')
+  H.build('dinov2_registers', root / 'dinov2')
+  H.build('siglip', root / 'siglip')
+  return root
+
+
+def test_processor_backend_chooses_the_pixels_and_keys_the_workdir_and_cache(tiny_pair, tmp_path, monkeypatch):
+  from stitchjax import backbone, features, workdir
+  pil, tv = (backbone.load_backbone(tiny_pair / 'dinov2', processor_backend=b) for b in pp.PROCESSOR_BACKENDS)
+  assert (pil.preprocessing.backend, tv.preprocessing.backend) == ('pil', 'torch_uint8')
+  assert backbone.load_backbone(tiny_pair / 'dinov2').preprocessing == pil.preprocessing  # the default
+  assert workdir.backbone_identity(pil, 'digest') != workdir.backbone_identity(tv, 'digest')
+  keys = []
+  monkeypatch.setattr(features, 'digest', lambda key: keys.append(key) or 'entry')
+  monkeypatch.setattr(features.Cache, '_open', lambda self, entry, key: {})  # as if computed: keys only
+  split = type('Split', (), {'fingerprint': 'split'})()
+  for bb in (pil, tv):
+    features.Cache(tmp_path).tokens(bb, 'dinov2', split, 'train', layers=(1,))
+  assert keys[0] != keys[1] and {k for k in keys[0] if keys[0][k] != keys[1][k]} == {'preprocess'}
+  # An export records its backend, and reloads with it unless told otherwise.
+  backbone.save_backbone(tv, tmp_path / 'export')
+  assert backbone.load_backbone(tmp_path / 'export').preprocessing == tv.preprocessing
+  assert backbone.load_backbone(tmp_path / 'export', processor_backend='pil').preprocessing == pil.preprocessing
+
+
+def test_a_bad_processor_backend_is_refused_by_name_before_anything_loads(tiny_pair, monkeypatch):
+  from stitchjax import backbone, protocol, tasks
+  with pytest.raises(ValueError, match=r"processor_backend='torchvison' is not one of \('pil', 'torchvision'\)"):
+    backbone.load_backbone(tiny_pair / 'dinov2', processor_backend='torchvison')
+  spec = ml_collections.ConfigDict({'path': str(tiny_pair / 'dinov2'), 'processor_backend': 'PIL'})
+  config = ml_collections.ConfigDict({'backbones': {'a': spec}, 'dtype': 'float32'})
+  monkeypatch.setattr(backbone, 'load_checkpoint', lambda *a, **k: pytest.fail('a checkpoint was read'))
+  message = r"backbones.a.processor_backend='PIL' is not one of \('pil', 'torchvision'\)"
+  with pytest.raises(ValueError, match=message):
+    backbone.configured('a', spec, 0)
+  with pytest.raises(ValueError, match=message):
+    protocol.load_backbones(config, ['a'], tasks.Classification())
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match=r"processor_backend='torchvision': a timm checkpoint has one eval transform"):
+    backbone.load_backbone(pathlib.Path(__file__).parent / 'data' / 'timm' / 'siglip' / 'model',
+                           processor_backend='torchvision')
+
+
+def test_a_stitched_export_reloads_its_backbones_with_the_same_pixels(tiny_pair, tmp_path):
+  import jax
+  import stitchjax
+  from stitchjax import export, features
+  model = stitchjax.stitch(tiny_pair / 'dinov2', tiny_pair / 'siglip', layer=1, num_classes=2,
+                           processor_backend='torchvision')
+  assert model.source.preprocessing.backend == model.target.preprocessing.backend == 'torch_uint8'
+  params = model.init(jax.random.key(0))
+  sources = {role: {'path': str(tiny_pair / name), 'image_size': bb.config.image_size,
+                    'processor_backend': bb.processor_backend, 'digest': features.params_digest(bb.params)}
+             for role, name, bb in (('source', 'dinov2', model.source), ('target', 'siglip', model.target))}
+  export.save_stitched(tmp_path / 'export', model.spec, params, ['a', 'b'], sources)
+  again = stitchjax.load_stitched(tmp_path / 'export')
+  images = [TV.read(TV_DATA / 'inputs', name) for name in ('hopper_301x173', 'noise_100x80')]
+  np.testing.assert_array_equal(again.model.preprocess(images), model.preprocess(images))

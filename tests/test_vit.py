@@ -78,6 +78,12 @@ def test_bfloat16_matches_transformers(case):
     assert H.rel_err(pooled, ref.pooled) <= TOL_BF16
 
 
+# Splitting and rematerialising are the same code for every family; these cases cover every pooling,
+# prefix layout and block variant (MAP head, CLIP's pre-norm, registers, DINOv3's RoPE and gated MLP).
+COMPOSITION_CASES = ['clip', 'dinov2_registers', 'dinov3_gated', 'siglip']
+
+
+@pytest.mark.parametrize('case', COMPOSITION_CASES, indirect=True)
 def test_split_at_every_layer_composes_to_the_uninterrupted_forward(case):
   _, directory, _ = case
   bb = load_backbone(directory)
@@ -91,6 +97,7 @@ def test_split_at_every_layer_composes_to_the_uninterrupted_forward(case):
     np.testing.assert_allclose(bb.forward(bb.params, x)[1], pooled, rtol=0, atol=1e-5 * np.abs(pooled).max())
 
 
+@pytest.mark.parametrize('case', COMPOSITION_CASES, indirect=True)
 def test_remat_changes_nothing_but_memory(case):
   _, directory, _ = case
   bb = load_backbone(directory)

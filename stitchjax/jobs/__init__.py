@@ -4,13 +4,15 @@
 - `plan`: what a stitching config would run, checked and costed, computing nothing;
 - `vst`: the VFM Stitch Tree's accuracy against compute (configs/vst.py);
 - `pretrain`: the mini-VFMs of the demo (configs/pretrain_mini.py);
-- `backbones`: every configured backbone exported, reloaded and checked (configs/check_backbones.py).
+- `backbones`: every configured backbone exported, reloaded and checked (configs/check_backbones.py);
+- `scout`: every layer of every configured pair ranked in closed form before any training (docs/scout.md).
 
 Jobs only compose; what they run lives in the library modules above them.
 """
-from stitchjax.jobs import backbones, plan, pretrain, stitch, vst
+from stitchjax.jobs import backbones, plan, pretrain, scout, stitch, vst
 
-JOBS = {'backbones': backbones.run, 'plan': plan.run, 'pretrain': pretrain.run, 'stitch': stitch.run, 'vst': vst.run}
+JOBS = {'backbones': backbones.run, 'plan': plan.run, 'pretrain': pretrain.run, 'scout': scout.run, 'stitch': stitch.run,
+        'vst': vst.run}
 
 
 def run(config):

@@ -14,7 +14,10 @@ def run(config) -> plan_lib.Plan:
   for name, cfg in plan.configs.items():
     print(f'{name}: ' + (f'{cfg.family}, depth {cfg.depth}, dim {cfg.dim}, {cfg.num_tokens} tokens at '
                          f'{cfg.image_size} px' if isinstance(cfg, vit.ViTConfig) else f'not read ({cfg})'))
-  width = max(map(len, plan.cells))
+  if not plan.cells:
+    print(f'cells: not chosen yet: config.layers={config.layers!r} takes each pair\'s best layers from the scout '
+          '(--config.job=scout; the stitch job runs it first)')
+  width = max(map(len, plan.cells), default=0)
   for cell, status in plan.cells.items():
     print(f'{cell:<{width}}  {status}')
   count = {s: sum(v == s for v in plan.cells.values()) for s in ('done', 'partial', 'pending')}
@@ -28,4 +31,8 @@ def run(config) -> plan_lib.Plan:
   if plan.cache_bytes is not None:
     cache = config.get('cache_dir') or pathlib.Path(config.workdir) / 'cache'
     print(f'feature cache: about {plan.cache_bytes / 2**30:.2f} GiB in {cache}')
+  if plan.scout is not None:
+    print(f'scout (--config.job=scout): {plan.scout["scout"]:.3g} image-block passes, {100 * plan.scout["ratio"]:.1f}% '
+          f'of the FFM→TLT protocol at every layer of every route ({plan.scout["grid"]:.3g}, '
+          f'{config.train.epochs} epochs per stage, one learning rate)')
   return plan
