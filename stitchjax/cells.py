@@ -77,6 +77,11 @@ def scout_top(config) -> int | None:
   return int(k)
 
 
+def scout_pending(config) -> bool:
+  """layers='scout:K' and no scout.json in the workdir yet: the scout has to choose the layers first."""
+  return scout_top(config) is not None and not (pathlib.Path(config.workdir) / 'scout.json').exists()
+
+
 def route_layers(config) -> dict[tuple[str, str], list[int]]:
   """The stitch layers of every route: config.layers, or with 'scout:K' the scout's choice (module docstring)."""
   k = scout_top(config)
@@ -97,7 +102,7 @@ def route_layers(config) -> dict[tuple[str, str], list[int]]:
 
 def all_layers(config) -> tuple[int, ...] | None:
   """Every route's layers together (what the feature cache holds); None while the scout has yet to choose them."""
-  if scout_top(config) is not None and not (pathlib.Path(config.workdir) / 'scout.json').exists():
+  if scout_pending(config):
     return None
   return tuple(sorted({l for layers in route_layers(config).values() for l in layers}))
 

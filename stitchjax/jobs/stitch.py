@@ -11,7 +11,7 @@ from stitchjax.jobs import scout
 
 def run(config):
   if not config.get('analysis_only'):
-    if cells.scout_top(config) is not None and not (pathlib.Path(config.workdir) / 'scout.json').exists():
+    if cells.scout_pending(config):
       scout.measure(config)
     records = protocol.run(config)
     if not distributed.is_main():  # process 0 writes and reports (stitchjax/distributed.py)
